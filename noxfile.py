@@ -1,0 +1,82 @@
+"""Check suite for trio_accept: ``nox`` runs tests, lint, typing and docs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
+
+# Debian package -> the binary that shows it is installed (default: same name).
+_BINARY = {"graphviz": "dot"}
+
+
+def ensure_debian_packages(session: nox.Session, *packages: str) -> None:
+    """Install the Debian packages whose binaries are missing, with apt-get.
+
+    Nothing is run when every binary is already on PATH. Installing needs root;
+    otherwise the session fails with the command to run by hand.
+    """
+    missing = [p for p in packages if shutil.which(_BINARY.get(p, p)) is None]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(
+            f"missing Debian packages {missing}: install them first, as root: "
+            f"apt-get install {' '.join(missing)}"
+        )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", external=True, env=env)
+    session.run(
+        "apt-get", "install", "-y", "--no-install-recommends", *missing, external=True, env=env
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    ensure_debian_packages(session, "openssl", "curl")
+    session.run(
+        "pytest",
+        "--cov",
+        "--cov-report=term-missing:skip-covered",
+        "--cov-report=xml",
+        *session.posargs,
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    # Tests are type-checked too; nox itself is needed to check noxfile.py.
+    session.install("-e", ".[typing,test]", "nox")
+    session.run("mypy")
+    session.run("pyright")
+    session.run("pyright", "--verifytypes", "trio_accept", "--ignoreexternal")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    ensure_debian_packages(session, "graphviz")
+    for builder in ("html", "doctest"):
+        session.run(
+            "sphinx-build",
+            "-W",
+            "-n",
+            "--keep-going",
+            "-b",
+            builder,
+            "docs",
+            f"docs/_build/{builder}",
+        )

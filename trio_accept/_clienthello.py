@@ -1,0 +1,238 @@
+"""A sans-IO reader for the client's first TLS handshake message.
+
+OpenSSL parses the ClientHello itself; this module only *watches* the same bytes on
+their way into the engine, for three facts that Python's ``ssl`` does not expose on
+the server side:
+
+- whether a complete ClientHello has arrived yet (the ClientHello deadline ends there),
+- the server name the client asked for (SNI), even when the handshake later fails,
+- the ALPN protocols and TLS versions the client offered.
+
+It never decides anything about the handshake: when it cannot make sense of the bytes
+it gives up quietly (:attr:`HelloStatus.UNPARSED`) and OpenSSL's verdict stands.
+
+Cost is linear in the bytes fed, however they are chunked: complete records are
+consumed once, and only a partial record header or body is kept between calls, so a
+client that drips its hello one byte at a time cannot make us re-scan it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, final
+
+# Record layer constants (RFC 8446 §5.1).
+_HANDSHAKE_RECORD: Final = 22
+_RECORD_HEADER: Final = 5
+# A TLSPlaintext fragment is at most 2**14 bytes; anything larger is not a ClientHello
+# record we should buffer (OpenSSL rejects it as PACKET_LENGTH_TOO_LONG).
+_MAX_FRAGMENT: Final = 2**14
+_CLIENT_HELLO: Final = 1
+# OpenSSL's own ceiling for a ClientHello (CLIENT_HELLO_MAX_LENGTH in statem_srvr.c);
+# a larger one is refused by OpenSSL, so we stop buffering there too.
+_MAX_HELLO: Final = 131396
+# Extension numbers (IANA TLS ExtensionType registry).
+_EXT_SERVER_NAME: Final = 0
+_EXT_ALPN: Final = 16
+_EXT_SUPPORTED_VERSIONS: Final = 43
+# How many leading bytes we keep to classify non-TLS input (enough for "OPTIONS ").
+_HEAD_BYTES: Final = 16
+
+
+class HelloStatus(enum.Enum):
+    """How far :class:`ClientHelloReader` got."""
+
+    NEED_DATA = "need-data"
+    """No complete ClientHello yet."""
+    PARSED = "parsed"
+    """A complete ClientHello was read; :attr:`ClientHelloReader.hello` holds its facts."""
+    UNPARSED = "unparsed"
+    """The bytes are not a ClientHello we understand; OpenSSL decides what they are."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What the client offered in its first flight.
+
+    Attributes:
+        server_name: The SNI host name, lower-cased, or ``None`` when the client sent none.
+        alpn_protocols: The ALPN protocols offered, in the client's order.
+        versions: The TLS versions offered, as ``ssl`` names them (``"TLSv1.3"``, ...):
+            from the ``supported_versions`` extension when present, else the legacy
+            version field.
+    """
+
+    server_name: str | None
+    alpn_protocols: tuple[str, ...]
+    versions: tuple[str, ...]
+
+
+_VERSION_NAMES: Final = {
+    0x0300: "SSLv3",
+    0x0301: "TLSv1",
+    0x0302: "TLSv1.1",
+    0x0303: "TLSv1.2",
+    0x0304: "TLSv1.3",
+}
+
+
+class _Malformed(Exception):
+    """Internal: the bytes are not a well-formed ClientHello."""
+
+
+@final
+class ClientHelloReader:
+    """Collects the ClientHello from the client's first records, incrementally.
+
+    Call :meth:`feed` with every byte received from the client, in order, until
+    :attr:`status` is no longer :attr:`HelloStatus.NEED_DATA`; further calls are
+    ignored.
+    """
+
+    __slots__ = ("_body", "_buffer", "_hello_length", "head", "hello", "status")
+
+    def __init__(self) -> None:
+        self.status = HelloStatus.NEED_DATA
+        self.hello: ClientHello | None = None
+        #: The first bytes the client sent (at most 16), to recognise plain HTTP.
+        self.head = b""
+        # Bytes of a record not yet complete (header and fragment).
+        self._buffer = bytearray()
+        # Handshake-layer bytes gathered from complete records.
+        self._body = bytearray()
+        self._hello_length: int | None = None
+
+    def feed(self, data: bytes) -> HelloStatus:
+        """Take the next bytes from the client and return the new :attr:`status`."""
+        if self.status is not HelloStatus.NEED_DATA or not data:
+            return self.status
+        if len(self.head) < _HEAD_BYTES:
+            self.head += data[: _HEAD_BYTES - len(self.head)]
+        self._buffer += data
+        try:
+            self._consume_records()
+        except _Malformed:
+            self.status = HelloStatus.UNPARSED
+        if self.status is not HelloStatus.NEED_DATA:
+            self._buffer = bytearray()
+            self._body = bytearray()
+        return self.status
+
+    def _consume_records(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= _RECORD_HEADER:
+            if buffer[0] != _HANDSHAKE_RECORD or buffer[1] != 3:
+                raise _Malformed
+            length = int.from_bytes(buffer[3:5])
+            if length == 0 or length > _MAX_FRAGMENT:
+                raise _Malformed
+            if len(buffer) < _RECORD_HEADER + length:
+                return
+            self._body += buffer[_RECORD_HEADER : _RECORD_HEADER + length]
+            del buffer[: _RECORD_HEADER + length]
+            if self._take_hello():
+                return
+
+    def _take_hello(self) -> bool:
+        body = self._body
+        if self._hello_length is None:
+            if len(body) < 4:
+                return False
+            if body[0] != _CLIENT_HELLO:
+                raise _Malformed
+            self._hello_length = int.from_bytes(body[1:4])
+            if self._hello_length > _MAX_HELLO:
+                raise _Malformed
+        if len(body) < 4 + self._hello_length:
+            return False
+        self.hello = _parse_client_hello(memoryview(body)[4 : 4 + self._hello_length])
+        self.status = HelloStatus.PARSED
+        return True
+
+
+class _Cursor:
+    """Bounds-checked big-endian reads over a ClientHello body."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.data):
+            raise _Malformed
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def uint(self, size: int) -> int:
+        return int.from_bytes(self.take(size))
+
+    def vector(self, length_size: int) -> _Cursor:
+        return _Cursor(self.take(self.uint(length_size)))
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+
+def _parse_client_hello(body: memoryview) -> ClientHello:
+    cursor = _Cursor(body)
+    legacy_version = cursor.uint(2)
+    cursor.take(32)  # random
+    cursor.vector(1)  # legacy_session_id
+    cursor.vector(2)  # cipher_suites
+    cursor.vector(1)  # legacy_compression_methods
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    versions: tuple[int, ...] = (legacy_version,)
+    if not cursor.at_end():
+        extensions = cursor.vector(2)
+        while not extensions.at_end():
+            kind = extensions.uint(2)
+            payload = extensions.vector(2)
+            if kind == _EXT_SERVER_NAME:
+                server_name = _server_name(payload)
+            elif kind == _EXT_ALPN:
+                alpn = _alpn(payload)
+            elif kind == _EXT_SUPPORTED_VERSIONS:
+                versions = _supported_versions(payload)
+    return ClientHello(
+        server_name=server_name,
+        alpn_protocols=alpn,
+        versions=tuple(_VERSION_NAMES.get(v, f"0x{v:04x}") for v in versions),
+    )
+
+
+def _server_name(payload: _Cursor) -> str | None:
+    names = payload.vector(2)
+    while not names.at_end():
+        name_type = names.uint(1)
+        name = names.vector(2).data
+        if name_type == 0:  # host_name
+            try:
+                return bytes(name).decode("ascii").lower()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _alpn(payload: _Cursor) -> tuple[str, ...]:
+    protocols = payload.vector(2)
+    offered: list[str] = []
+    while not protocols.at_end():
+        offered.append(bytes(protocols.vector(1).data).decode("latin-1"))
+    return tuple(offered)
+
+
+def _supported_versions(payload: _Cursor) -> tuple[int, ...]:
+    versions = payload.vector(1)
+    offered: list[int] = []
+    while not versions.at_end():
+        version = versions.uint(2)
+        if version & 0x0F0F != 0x0A0A:  # skip GREASE values (RFC 8701)
+            offered.append(version)
+    return tuple(offered)

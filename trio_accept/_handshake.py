@@ -1,0 +1,193 @@
+"""accept(): the SSL_accept loop, driven by Trio, under two deadlines.
+
+The loop, one round at a time::
+
+    result = engine.accept()           # touch the engine
+    flight = engine.data_to_send()
+    WANT_READ  -> send the flight, then receive once (a checkpoint), loop
+    otherwise  -> send the final flight (or flush the alert), stop
+
+A single task owns the engine during the handshake, so "send, then receive" in one round
+cannot race anyone. Every round that waits goes through ``receive_some``, a checkpoint.
+
+Deadlines (both on trio's clock, both checked by one cancel scope whose deadline moves):
+
+- ``hello_timeout``: from the start until the client's first flight (its complete
+  ClientHello) is in. Sheds connections that connect and say nothing, or drip.
+- ``handshake_timeout``: from the start until the handshake is done.
+
+Whatever happens -- failure, timeout, cancellation -- the transport is closed before
+``accept()`` returns or raises; only a finished :class:`TLSStream` ever leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from typing import Any, Final
+
+import trio
+
+from ._engine import ErrorKind, Reason, Result, TLSEngine
+from ._errors import driver_result, tls_error
+from ._stream import RECEIVE_SIZE, TLSInfo, TLSStream
+
+#: Default for ``hello_timeout``: a real client sends its ClientHello within one round
+#: trip of connecting; 5 s leaves room for slow links while shedding idle connections.
+HELLO_TIMEOUT: Final = 5.0
+#: Default for ``handshake_timeout``: two round trips plus certificate checks on a slow
+#: client; 10 s, as nginx's and Go's handshake timeouts are of that order.
+HANDSHAKE_TIMEOUT: Final = 10.0
+#: Default for ``close_timeout``: how long we try to deliver a close_notify or an alert
+#: to a peer that may not be reading any more.
+CLOSE_TIMEOUT: Final = 1.0
+
+
+async def accept(
+    transport_stream: trio.abc.Stream,
+    ssl_context: ssl.SSLContext,
+    *,
+    hello_timeout: float = HELLO_TIMEOUT,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    close_timeout: float = CLOSE_TIMEOUT,
+    tolerate_ragged_eof: bool = False,
+    peer_address: Any = None,
+) -> TLSStream:
+    """Run the server side of a TLS handshake on ``transport_stream``: ``SSL_accept``.
+
+    Moves bytes, retries while OpenSSL wants more input (a checkpoint every round), and
+    returns only a finished handshake.
+
+    Args:
+        transport_stream: The connection, e.g. a :class:`trio.SocketStream` from
+            :func:`trio.serve_tcp`. On failure it is closed for you.
+        ssl_context: A server-side :class:`ssl.SSLContext`.
+        hello_timeout: Seconds allowed for the client's complete ClientHello to arrive,
+            counted from the call. ``math.inf`` disables it.
+        handshake_timeout: Seconds allowed for the whole handshake, counted from the
+            call. ``math.inf`` disables it.
+        close_timeout: Seconds allowed to deliver an alert after a failed handshake, and
+            later the close_notify of :meth:`TLSStream.aclose`.
+        tolerate_ragged_eof: Passed to the stream: treat a transport EOF without
+            close_notify as an ordinary end of stream instead of an error.
+        peer_address: The client's address for :attr:`TLSInfo.peer_address` and error
+            messages. By default it is read from the transport's socket, if it has one;
+            pass the address from a PROXY protocol header here.
+
+    Returns:
+        A :class:`TLSStream` whose handshake has completed.
+
+    Raises:
+        HandshakeError: The handshake did not complete. ``code`` is 0 when the client
+            shut it down with close_notify, -1 otherwise; ``kind`` and ``reason`` say
+            why (``timeout`` for our deadlines, ``reset`` for a failed transport).
+
+    Error handling:
+        Before raising, any alert OpenSSL queued is sent to the client (best effort,
+        within ``close_timeout``), so it learns why, and the transport is closed.
+
+    Resource handling:
+        On any exception, cancellation included, the transport is closed before it
+        propagates: nothing is left half-open.
+    """
+    for name, value in (
+        ("hello_timeout", hello_timeout),
+        ("handshake_timeout", handshake_timeout),
+        ("close_timeout", close_timeout),
+    ):
+        if not value > 0:  # also rejects NaN
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if peer_address is None and isinstance(transport_stream, trio.SocketStream):
+        peer_address = _peer_address_of(transport_stream)
+    started = trio.current_time()
+    engine = TLSEngine(ssl_context)
+    try:
+        result, cause = await _handshake(
+            engine,
+            transport_stream,
+            hello_deadline=started + hello_timeout,
+            deadline=started + handshake_timeout,
+        )
+        if result.kind is not ErrorKind.NONE:
+            alert = engine.data_to_send()
+            if alert:
+                with trio.move_on_after(close_timeout):
+                    try:
+                        await transport_stream.send_all(alert)
+                    except trio.BrokenResourceError:
+                        pass  # best effort: the client may have gone already
+            detail = None
+            if result.reason is Reason.TIMEOUT:
+                detail = _timeout_detail(engine, hello_timeout, handshake_timeout)
+            error = tls_error(result, handshake=True, peer_address=peer_address, detail=detail)
+            raise error from (cause or result.error)
+    except BaseException:
+        await trio.aclose_forcefully(transport_stream)
+        raise
+    info = TLSInfo(
+        version=engine.version or "",
+        cipher=engine.cipher or "",
+        alpn_protocol=engine.alpn_protocol,
+        server_name=engine.server_name,
+        peer_certificate=engine.peer_certificate(),
+        peer_address=peer_address,
+        handshake_seconds=trio.current_time() - started,
+    )
+    return TLSStream(
+        transport_stream,
+        engine,
+        info,
+        tolerate_ragged_eof=tolerate_ragged_eof,
+        close_timeout=close_timeout,
+    )
+
+
+async def _handshake(
+    engine: TLSEngine,
+    transport: trio.abc.Stream,
+    *,
+    hello_deadline: float,
+    deadline: float,
+) -> tuple[Result, BaseException | None]:
+    """The loop. Returns the final result and the transport exception behind a
+    ``reset``; the final flight of a success has already been sent."""
+    with trio.CancelScope(deadline=min(hello_deadline, deadline)) as scope:
+        try:
+            while True:
+                result = engine.accept()
+                if result.kind is not ErrorKind.WANT_READ:
+                    break
+                flight = engine.data_to_send()
+                if flight:
+                    await transport.send_all(flight)
+                data = await transport.receive_some(RECEIVE_SIZE)
+                engine.receive_data(data)
+                if engine.hello_received:
+                    scope.deadline = deadline
+            if result.kind is ErrorKind.NONE:
+                final_flight = engine.data_to_send()  # TLS 1.2: our Finished
+                if final_flight:
+                    await transport.send_all(final_flight)
+        except trio.BrokenResourceError as exc:
+            return driver_result(Reason.RESET), exc
+    if scope.cancelled_caught:
+        return driver_result(Reason.TIMEOUT), None
+    return result, None
+
+
+def _timeout_detail(engine: TLSEngine, hello_timeout: float, handshake_timeout: float) -> str:
+    if not engine.hello_received:
+        return f"no complete ClientHello within {_seconds(hello_timeout)}"
+    return f"handshake not finished within {_seconds(handshake_timeout)}"
+
+
+def _seconds(value: float) -> str:
+    return "ever" if math.isinf(value) else f"{value:g} s"
+
+
+def _peer_address_of(stream: trio.SocketStream) -> Any:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return None  # already disconnected: the handshake will say so

@@ -1,0 +1,316 @@
+"""TLSStream: a :class:`trio.abc.Stream` over a transport stream and a :class:`TLSEngine`.
+
+This is a driver, not a protocol implementation: the engine decides, the stream moves
+bytes. The loop rule, after trio's ``SSLStream._retry``:
+
+    *touch the engine, then await exactly one thing that makes progress, then loop or exit.*
+
+Never await while in the middle of touching the engine, and never take bytes out of the
+engine without getting in line to send them before the next await -- bytes must reach
+the wire in the order the engine produced them.
+
+Who touches what:
+
+- ``receive_some`` is the only caller of ``transport_stream.receive_some`` (one receiver
+  at a time, enforced with :exc:`trio.BusyResourceError`). Reading may make the engine
+  answer something (a TLS 1.3 KeyUpdate, say), so it may also send.
+- ``send_all`` only sends: on the server side, writing never needs to read (OpenSSL 3.0
+  refuses client-initiated renegotiation by default, and TLS 1.3 has none).
+- Both send through :meth:`TLSStream._send`, serialised by a FIFO lock; when nobody else
+  is sending (almost always), taking the lock costs no trip through the scheduler.
+
+Cancellation: cancelling ``receive_some`` is safe (trio's transports never lose received
+bytes to a cancel). Cancelling ``send_all`` after it started sending leaves an unknown
+amount on the wire: the stream becomes broken, as in trio.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+
+from ._engine import ErrorKind, Reason, State, TLSEngine
+from ._errors import tls_error
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+# How much to ask the transport for, and to decrypt, per call. A TLS record carries at
+# most 16 KiB; asking for 64 KiB lets one receive pick up several records that arrived
+# together (bulk transfers), at the cost of one larger temporary buffer per call.
+RECEIVE_SIZE: Final = 65536
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """The facts of a finished handshake, as ``stream.info``.
+
+    Attributes:
+        version: The protocol version as :mod:`ssl` names it, e.g. ``"TLSv1.3"``.
+        cipher: The cipher suite's OpenSSL name, e.g. ``"TLS_AES_256_GCM_SHA384"``.
+        alpn_protocol: The protocol chosen by ALPN, or ``None``.
+        server_name: The server name (SNI) the client asked for, or ``None``.
+        peer_certificate: The client's verified certificate as
+            :meth:`ssl.SSLSocket.getpeercert` returns it, or ``None`` without one.
+        peer_address: The client's address (``getpeername()`` of a socket transport, or
+            what the caller passed), or ``None`` when the transport has none.
+        handshake_seconds: From the start of :func:`~trio_accept.accept` to the
+            handshake's completion, on trio's clock.
+    """
+
+    version: str
+    cipher: str
+    alpn_protocol: str | None
+    server_name: str | None
+    peer_certificate: dict[str, Any] | None
+    peer_address: Any
+    handshake_seconds: float
+
+
+class _Status(enum.Enum):
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+@final
+class _ConflictDetector:
+    """Raises :exc:`trio.BusyResourceError` when two tasks enter at once (a flag, no await)."""
+
+    __slots__ = ("_busy", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._busy = False
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(self._message)
+        self._busy = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._busy = False
+
+
+@final
+class TLSStream(trio.abc.Stream):
+    """An established TLS connection: encrypted :class:`trio.abc.Stream` over a transport.
+
+    You get one from :func:`trio_accept.accept` (or a listener), never half-made: the
+    handshake is finished and its facts are in :attr:`info`.
+
+    Attributes:
+        transport_stream: The stream carrying the encrypted bytes (a
+            :class:`trio.SocketStream` for TCP).
+        info: The handshake's facts, a :class:`TLSInfo`.
+
+    Error handling:
+        A TLS failure raises :exc:`~trio_accept.TLSError` (a
+        :exc:`trio.BrokenResourceError`); a transport failure raises the transport's
+        :exc:`trio.BrokenResourceError`. After either, the stream is broken: every call
+        but :meth:`aclose` raises :exc:`trio.BrokenResourceError`. Calls after
+        :meth:`aclose` raise :exc:`trio.ClosedResourceError`; two tasks sending (or two
+        receiving) at once raise :exc:`trio.BusyResourceError`.
+
+        When the peer closes the transport without close_notify (a "ragged EOF", which
+        could be a truncation attack), :meth:`receive_some` raises
+        :exc:`~trio_accept.TLSError` with reason ``"eof"`` -- unless the stream was made
+        with ``tolerate_ragged_eof=True``, which makes it an ordinary end of stream
+        (``b""``), as HTTPS clients commonly require.
+
+    Resource handling:
+        :meth:`aclose` sends close_notify, waiting at most ``close_timeout`` seconds for
+        it to leave, then closes the transport; a peer that vanished cannot hang it.
+    """
+
+    __slots__ = (
+        "_close_timeout",
+        "_engine",
+        "_ragged_eof",
+        "_receive_conflict",
+        "_send_conflict",
+        "_send_lock",
+        "_status",
+        "_tolerate_ragged_eof",
+        "info",
+        "transport_stream",
+    )
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        engine: TLSEngine,
+        info: TLSInfo,
+        *,
+        tolerate_ragged_eof: bool = False,
+        close_timeout: float = 1.0,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.info = info
+        self._engine = engine
+        self._tolerate_ragged_eof = tolerate_ragged_eof
+        self._close_timeout = close_timeout
+        self._status = _Status.OPEN
+        self._ragged_eof = False
+        self._send_lock = trio.StrictFIFOLock()
+        self._send_conflict = _ConflictDetector("another task is sending on this TLSStream")
+        self._receive_conflict = _ConflictDetector("another task is receiving on this TLSStream")
+
+    def _check_status(self) -> None:
+        if self._status is _Status.CLOSED:
+            raise trio.ClosedResourceError("this TLSStream was closed")
+        if self._status is _Status.BROKEN:
+            raise trio.BrokenResourceError("this TLSStream is broken")
+
+    def _break(self) -> None:
+        if self._status is _Status.OPEN:
+            self._status = _Status.BROKEN
+
+    async def _send(self, data: bytes) -> None:
+        """Send bytes the engine produced, in order; any failure breaks the stream."""
+        lock = self._send_lock
+        try:
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+        except BaseException:
+            self._break()  # cancelled while queueing: these bytes never leave
+            raise
+        try:
+            await self.transport_stream.send_all(data)
+        except BaseException:
+            self._break()  # an unknown part of the bytes left: the stream is doomed
+            raise
+        finally:
+            lock.release()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive and decrypt some data; ``b""`` at the end of the stream.
+
+        See :meth:`trio.abc.ReceiveStream.receive_some`. The end of the stream is the
+        peer's close_notify (or, with ``tolerate_ragged_eof``, a bare transport EOF).
+        """
+        with self._receive_conflict:
+            if max_bytes is None:
+                max_bytes = RECEIVE_SIZE
+            else:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
+            self._check_status()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._ragged_eof:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b""
+            engine = self._engine
+            yielded = False
+            while True:
+                result = engine.read(max_bytes)
+                answer = engine.data_to_send()
+                if answer:
+                    yielded = True
+                    await self._send(answer)
+                if result.kind is not ErrorKind.WANT_READ:
+                    break
+                yielded = True
+                try:
+                    data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                except trio.BrokenResourceError:
+                    self._break()
+                    raise
+                engine.receive_data(data)
+            if result.failed:
+                if result.reason is Reason.EOF and self._tolerate_ragged_eof:
+                    self._ragged_eof = True
+                else:
+                    self._break()
+                    raise tls_error(
+                        result, handshake=False, peer_address=self.info.peer_address
+                    ) from result.error
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return result.data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and send it all. See :meth:`trio.abc.SendStream.send_all`.
+
+        .. warning:: If this is cancelled after it started sending, an unknown part of
+           the data reached the transport and the stream is broken: any later call
+           raises :exc:`trio.BrokenResourceError`.
+        """
+        with self._send_conflict:
+            self._check_status()
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            await trio.lowlevel.checkpoint_if_cancelled()
+            result = self._engine.write(data)
+            if result.failed:
+                self._break()
+                raise tls_error(
+                    result, handshake=False, peer_address=self.info.peer_address
+                ) from result.error
+            await self._send(self._engine.data_to_send())
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
+        with self._send_conflict:
+            self._check_status()
+            async with self._send_lock:
+                await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send close_notify (bounded by ``close_timeout``), then close the transport.
+
+        Idempotent. We do not wait for the peer's close_notify: a peer that is not
+        reading would make us wait for nothing, and TLS allows closing right after
+        sending ours. If another task is in the middle of sending, no close_notify can
+        be slotted in; the transport is closed without it.
+        """
+        if self._status is _Status.CLOSED:
+            await trio.lowlevel.checkpoint()
+            return
+        clean = self._status is _Status.OPEN and self._engine.state in (
+            State.ESTABLISHED,
+            State.PEER_CLOSED,
+        )
+        self._status = _Status.CLOSED
+        transport = self.transport_stream
+        if not clean:
+            await transport.aclose()
+            return
+        try:
+            await self._send_close_notify()
+        except BaseException:
+            await trio.aclose_forcefully(transport)
+            raise
+        await transport.aclose()
+
+    async def _send_close_notify(self) -> None:
+        engine = self._engine
+        result = engine.shutdown()
+        close_notify = engine.data_to_send()
+        if result.failed or not close_notify:
+            return
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return  # another task is mid-send: closing the transport is all we can do
+        try:
+            with trio.move_on_after(self._close_timeout):
+                await self.transport_stream.send_all(close_notify)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer is gone already, which is what we were telling it to do
+        finally:
+            self._send_lock.release()
