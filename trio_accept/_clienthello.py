@@ -25,6 +25,8 @@ from typing import Final, final
 # Record layer constants (RFC 8446 §5.1).
 _HANDSHAKE_RECORD: Final = 22
 _RECORD_HEADER: Final = 5
+_TLS_MAJOR_VERSION: Final = 3  # every SSLv3/TLS record version is 3.x
+_HANDSHAKE_HEADER: Final = 4  # msg_type (1) + length (3)
 # A TLSPlaintext fragment is at most 2**14 bytes; anything larger is not a ClientHello
 # record we should buffer (OpenSSL rejects it as PACKET_LENGTH_TOO_LONG).
 _MAX_FRAGMENT: Final = 2**14
@@ -36,6 +38,9 @@ _MAX_HELLO: Final = 131396
 _EXT_SERVER_NAME: Final = 0
 _EXT_ALPN: Final = 16
 _EXT_SUPPORTED_VERSIONS: Final = 43
+# GREASE values (RFC 8701) look like 0x?A?A: placeholders that carry no meaning.
+_GREASE_MASK: Final = 0x0F0F
+_GREASE_PATTERN: Final = 0x0A0A
 # How many leading bytes we keep to classify non-TLS input (enough for "OPTIONS ").
 _HEAD_BYTES: Final = 16
 
@@ -86,9 +91,9 @@ class _Malformed(Exception):
 class ClientHelloReader:
     """Collects the ClientHello from the client's first records, incrementally.
 
-    Call :meth:`feed` with every byte received from the client, in order, until
-    :attr:`status` is no longer :attr:`HelloStatus.NEED_DATA`; further calls are
-    ignored.
+    Call :meth:`feed` with every byte received from the client, in order. Once
+    :attr:`status` is no longer :attr:`HelloStatus.NEED_DATA`, further bytes only top up
+    :attr:`head`.
     """
 
     __slots__ = ("_body", "_buffer", "_hello_length", "head", "hello", "status")
@@ -96,7 +101,8 @@ class ClientHelloReader:
     def __init__(self) -> None:
         self.status = HelloStatus.NEED_DATA
         self.hello: ClientHello | None = None
-        #: The first bytes the client sent (at most 16), to recognise plain HTTP.
+        #: The first bytes the client sent (at most 16, however they were chunked), to
+        #: recognise plain HTTP.
         self.head = b""
         # Bytes of a record not yet complete (header and fragment).
         self._buffer = bytearray()
@@ -104,12 +110,17 @@ class ClientHelloReader:
         self._body = bytearray()
         self._hello_length: int | None = None
 
-    def feed(self, data: bytes) -> HelloStatus:
+    @property
+    def finished(self) -> bool:
+        """True when further bytes can change nothing here (verdict in, head full)."""
+        return self.status is not HelloStatus.NEED_DATA and len(self.head) >= _HEAD_BYTES
+
+    def feed(self, data: bytes | bytearray | memoryview) -> HelloStatus:
         """Take the next bytes from the client and return the new :attr:`status`."""
+        if len(self.head) < _HEAD_BYTES:  # kept whatever the verdict: see ``head``
+            self.head += bytes(data[: _HEAD_BYTES - len(self.head)])
         if self.status is not HelloStatus.NEED_DATA or not data:
             return self.status
-        if len(self.head) < _HEAD_BYTES:
-            self.head += data[: _HEAD_BYTES - len(self.head)]
         self._buffer += data
         try:
             self._consume_records()
@@ -122,8 +133,12 @@ class ClientHelloReader:
 
     def _consume_records(self) -> None:
         buffer = self._buffer
+        # Judge the content type and major version as soon as each byte is in, so that
+        # non-TLS input is recognised from its first byte.
+        if buffer[0] != _HANDSHAKE_RECORD or (len(buffer) > 1 and buffer[1] != _TLS_MAJOR_VERSION):
+            raise _Malformed
         while len(buffer) >= _RECORD_HEADER:
-            if buffer[0] != _HANDSHAKE_RECORD or buffer[1] != 3:
+            if buffer[0] != _HANDSHAKE_RECORD or buffer[1] != _TLS_MAJOR_VERSION:
                 raise _Malformed
             length = int.from_bytes(buffer[3:5])
             if length == 0 or length > _MAX_FRAGMENT:
@@ -138,16 +153,18 @@ class ClientHelloReader:
     def _take_hello(self) -> bool:
         body = self._body
         if self._hello_length is None:
-            if len(body) < 4:
+            if len(body) < _HANDSHAKE_HEADER:
                 return False
             if body[0] != _CLIENT_HELLO:
                 raise _Malformed
             self._hello_length = int.from_bytes(body[1:4])
             if self._hello_length > _MAX_HELLO:
                 raise _Malformed
-        if len(body) < 4 + self._hello_length:
+        if len(body) < _HANDSHAKE_HEADER + self._hello_length:
             return False
-        self.hello = _parse_client_hello(memoryview(body)[4 : 4 + self._hello_length])
+        self.hello = _parse_client_hello(
+            memoryview(body)[_HANDSHAKE_HEADER : _HANDSHAKE_HEADER + self._hello_length]
+        )
         self.status = HelloStatus.PARSED
         return True
 
@@ -233,6 +250,6 @@ def _supported_versions(payload: _Cursor) -> tuple[int, ...]:
     offered: list[int] = []
     while not versions.at_end():
         version = versions.uint(2)
-        if version & 0x0F0F != 0x0A0A:  # skip GREASE values (RFC 8701)
+        if version & _GREASE_MASK != _GREASE_PATTERN:
             offered.append(version)
     return tuple(offered)

@@ -62,6 +62,10 @@ from typing import Any, Final, final
 
 from ._clienthello import ClientHello, ClientHelloReader, HelloStatus
 
+#: What the engine accepts as bytes (what :class:`ssl.MemoryBIO` and
+#: :meth:`ssl.SSLObject.write` accept).
+Buffer = bytes | bytearray | memoryview
+
 
 class ErrorKind(enum.Enum):
     """``SSL_get_error(3)``'s answer for a step, as an enum.
@@ -311,7 +315,7 @@ class TLSEngine:
 
     # -- input and output -----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: Buffer) -> None:
         """Buffer bytes that arrived from the client; ``b""`` means the transport hit EOF.
 
         Nothing is processed until the next stepping call.
@@ -324,7 +328,7 @@ class TLSEngine:
         if data:
             self._incoming.write(data)
             self.bytes_received += len(data)
-            if self._hello.status is HelloStatus.NEED_DATA:
+            if not self._hello.finished:
                 self._hello.feed(data)
         else:
             self._incoming.write_eof()
@@ -397,7 +401,7 @@ class TLSEngine:
         self._state = TRANSITIONS[self._state, Operation.READ][result.kind]
         return result
 
-    def write(self, data: bytes) -> Result:
+    def write(self, data: Buffer) -> Result:
         """Encrypt ``data`` for the peer (``SSL_write``); fetch it with :meth:`data_to_send`.
 
         Returns:
@@ -492,7 +496,9 @@ class TLSEngine:
 
     def _check(self, operation: Operation) -> None:
         if (self._state, operation) not in TRANSITIONS:
-            raise EngineStateError(f"{operation.value}() is not allowed in state {self._state.name}")
+            raise EngineStateError(
+                f"{operation.value}() is not allowed in state {self._state.name}"
+            )
 
     def _release_tickets(self) -> bytes:
         tickets, self._tickets = self._tickets, b""
@@ -523,10 +529,12 @@ def _failure(exc: ssl.SSLError, head: bytes, handshaking: bool) -> Result:
         reason = Reason.UNKNOWN_CA if unknown_issuer else Reason.BAD_CERTIFICATE
         return Result(-1, ErrorKind.SSL, reason, error=exc)
     openssl_reason = exc.reason or ""
-    reason = _OPENSSL_REASONS.get(openssl_reason)
-    if reason is None:
-        peer_alert = openssl_reason.startswith(_PEER_ALERT_PREFIXES)
-        reason = Reason.PEER_ALERT if peer_alert else Reason.PROTOCOL_ERROR
+    if openssl_reason in _OPENSSL_REASONS:
+        reason = _OPENSSL_REASONS[openssl_reason]
+    elif openssl_reason.startswith(_PEER_ALERT_PREFIXES):
+        reason = Reason.PEER_ALERT
+    else:
+        reason = Reason.PROTOCOL_ERROR
     if reason is Reason.WRONG_VERSION and handshaking and _HTTP_METHOD.match(head):
         reason = Reason.PLAIN_HTTP
     return Result(-1, ErrorKind.SSL, reason, error=exc)

@@ -8,11 +8,14 @@ subclasses, so code written for :class:`trio.SSLStream` keeps working, and the
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 
 from ._engine import ErrorKind, Reason, Result
+
+# Socket addresses are (host, port) or, for IPv6, (host, port, flowinfo, scope_id).
+_HOST_AND_PORT: Final = 2
 
 # What each reason means, for the one-line messages users read in logs.
 _EXPLANATIONS: Final[dict[Reason, str]] = {
@@ -114,8 +117,12 @@ def driver_result(reason: Reason) -> Result:
     return Result(-1, ErrorKind.SYSCALL, reason)
 
 
-def _format_address(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:  # pyright: ignore[reportUnknownArgumentType]
-        host, port = address[0], address[1]  # pyright: ignore[reportUnknownVariableType]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"  # pyright: ignore[reportUnknownArgumentType]
-    return str(address)
+def _format_address(address: object) -> str:
+    """``host:port`` for IPv4 and ``[host]:port`` for IPv6 socket addresses."""
+    if not isinstance(address, tuple):
+        return str(address)
+    parts = cast("tuple[object, ...]", address)
+    if len(parts) < _HOST_AND_PORT:
+        return str(parts)
+    host, port = str(parts[0]), parts[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import ssl
+from contextlib import suppress
 from typing import Any, Final
 
 import trio
@@ -112,11 +113,9 @@ async def accept(
         if result.kind is not ErrorKind.NONE:
             alert = engine.data_to_send()
             if alert:
-                with trio.move_on_after(close_timeout):
-                    try:
-                        await transport_stream.send_all(alert)
-                    except trio.BrokenResourceError:
-                        pass  # best effort: the client may have gone already
+                # Best effort: the client may have gone already.
+                with trio.move_on_after(close_timeout), suppress(trio.BrokenResourceError):
+                    await transport_stream.send_all(alert)
             detail = None
             if result.reason is Reason.TIMEOUT:
                 detail = _timeout_detail(engine, hello_timeout, handshake_timeout)
@@ -171,9 +170,9 @@ async def _handshake(
                     await transport.send_all(final_flight)
         except trio.BrokenResourceError as exc:
             return driver_result(Reason.RESET), exc
-    if scope.cancelled_caught:
-        return driver_result(Reason.TIMEOUT), None
-    return result, None
+        return result, None
+    # Only our own deadline gets here: it cancelled the loop and the scope caught it.
+    return driver_result(Reason.TIMEOUT), None
 
 
 def _timeout_detail(engine: TLSEngine, hello_timeout: float, handshake_timeout: float) -> str:
