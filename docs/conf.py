@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
+
+# The local extensions (the state diagram, attribute docs of re-exported names).
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "trio-accept"
 author = "the trio_accept developers"
@@ -19,13 +28,15 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.graphviz",
     "sphinxcontrib_trio",
+    "reexported",
+    "statediagram",
 ]
 
 # The docs are built offline (CI has no network), so there is no intersphinx:
 # references to the standard library and to Trio stay unresolved, and are
 # ignored here so that `sphinx-build -n` still checks the project's own names.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|ssl|typing|collections\.abc|enum|types)\..*"),
+    (r"py:.*", r"(trio|ssl|typing|collections\.abc|enum|types)(\..*)?"),
     (
         r"py:.*",
         r"(None|bool|int|float|str|bytes|bytearray|memoryview|object|type|list|dict|tuple"
@@ -39,9 +50,44 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 autodoc_typehints = "description"
+# Types for the parameters a docstring describes, and return types; not a bare list of
+# every parameter's type under each class (dataclasses, exceptions).
+autodoc_typehints_description_target = "documented_params"
 autodoc_member_order = "bysource"
 
 graphviz_output_format = "svg"
 
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
+
+
+# Attribute and property docstrings, kept aside while napoleon runs (see below).
+_ATTRIBUTE_KINDS = frozenset({"attribute", "data", "property"})
+_raw_attribute_docs: dict[str, list[str]] = {}
+
+
+# Sphinx calls autodoc-process-docstring handlers with six positional arguments.
+def _keep_attribute_doc(  # noqa: PLR0917
+    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    if what in _ATTRIBUTE_KINDS:
+        _raw_attribute_docs[name] = list(lines)
+
+
+def _restore_attribute_doc(  # noqa: PLR0917
+    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    if what in _ATTRIBUTE_KINDS and name in _raw_attribute_docs:
+        lines[:] = _raw_attribute_docs.pop(name)
+
+
+def setup(app: Sphinx) -> None:
+    """Leave attribute and property docstrings to plain reStructuredText.
+
+    napoleon reads the first line of an attribute's docstring as ``type: description``
+    whenever it holds a colon, and ours are prose ("A protocol error: the handshake
+    ... is dead."); their types come from annotations. So they are kept aside before
+    napoleon runs (it listens at the default priority, 500) and put back after it.
+    """
+    app.connect("autodoc-process-docstring", _keep_attribute_doc, priority=400)
+    app.connect("autodoc-process-docstring", _restore_attribute_doc, priority=600)

@@ -1,6 +1,8 @@
 """trio_accept: OpenSSL's SSL_accept(3) made into a structured-concurrency TLS server for Trio."""
 
 from ._clienthello import ClientHello as ClientHello
+from ._devcerts import dev_ca_path as dev_ca_path
+from ._devcerts import dev_context as dev_context
 from ._engine import TRANSITIONS as TRANSITIONS
 from ._engine import EngineStateError as EngineStateError
 from ._engine import ErrorKind as ErrorKind
@@ -12,6 +14,11 @@ from ._engine import TLSEngine as TLSEngine
 from ._errors import HandshakeError as HandshakeError
 from ._errors import TLSError as TLSError
 from ._handshake import accept as accept
+from ._listener import Server as Server
+from ._listener import ServerStats as ServerStats
+from ._listener import current_server as current_server
+from ._listener import open_server as open_server
+from ._listener import serve_tls as serve_tls
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
 
@@ -24,6 +31,8 @@ for _obj in (
     EngineStateError,
     ErrorKind,
     HandshakeError,
+    Server,
+    ServerStats,
     Operation,
     Reason,
     Result,
@@ -33,6 +42,11 @@ for _obj in (
     TLSInfo,
     TLSStream,
     accept,
+    current_server,
+    dev_ca_path,
+    dev_context,
+    open_server,
+    serve_tls,
 ):
     _obj.__module__ = __name__
 del _obj

@@ -3,20 +3,146 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ._devcerts import DEV_IDENTITIES, dev_ca_path, dev_context, state_directory
+from ._listener import Server, current_server, open_server
+from ._stream import TLSStream
+
+#: The command binds loopback only unless asked: a dev server must not appear on the
+#: network by accident.
+DEFAULT_HOST: Final = "127.0.0.1"
+#: The conventional alternative HTTPS port, usable without root.
+DEFAULT_PORT: Final = 8443
+
+logger = logging.getLogger("trio_accept")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="trio-accept",
         description="A TLS server for Trio, built on OpenSSL's SSL_accept.",
     )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run a TLS echo server",
+        description="Run a TLS echo server. Without --cert/--key it uses development "
+        "certificates from a local CA that clients can be told to trust.",
+    )
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 for any (default: %(default)s)"
+    )
+    serve.add_argument("--cert", type=Path, help="certificate chain (PEM)")
+    serve.add_argument("--key", type=Path, help="private key (PEM)")
+    serve.add_argument(
+        "--dev-ca",
+        type=Path,
+        metavar="DIR",
+        help=f"directory of the development CA (default: {state_directory()})",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-accept``; returns the exit status."""
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if (args.cert is None) != (args.key is None):
+        print("trio-accept: --cert and --key go together", file=sys.stderr)
+        return 2
+    try:
+        context, description, ca_path = _context(args.cert, args.key, args.dev_ca)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"trio-accept: cannot load the certificate: {exc}", file=sys.stderr)
+        return 2
+    trio.run(_serve, args.host, args.port, context, description, ca_path)
     return 0
+
+
+def _context(
+    cert: Path | None, key: Path | None, dev_ca: Path | None
+) -> tuple[ssl.SSLContext, str, Path | None]:
+    """The server context, a description of its certificate, and the dev CA if used."""
+    if cert is not None and key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        return context, f"certificate {cert}", None
+    ca_path = dev_ca_path(dev_ca)
+    description = f"dev certificate for {', '.join(DEV_IDENTITIES)}"
+    return dev_context(dev_ca), description, ca_path
+
+
+async def echo(stream: TLSStream) -> None:
+    """Send back whatever arrives, until the client closes or the server shuts down."""
+    server = current_server()
+    async with trio.open_nursery() as nursery:
+
+        async def stop_at_shutdown() -> None:
+            await server.wait_shutting_down()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_at_shutdown)
+        async for data in stream:
+            await stream.send_all(data)
+        nursery.cancel_scope.cancel()
+
+
+async def _serve(
+    host: str, port: int, context: ssl.SSLContext, description: str, ca_path: Path | None
+) -> None:
+    """Serve until a signal: the first shuts down gracefully, a second stops at once."""
+    with (
+        trio.CancelScope() as stop_now,
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+    ):
+        async with trio.open_nursery() as nursery:
+            async with open_server(echo, port, host=host, ssl_context=context) as server:
+                _print_banner(server, description, ca_path)
+                nursery.start_soon(_watch_signals, signals, server, stop_now)
+                await server.wait_shutting_down()
+            nursery.cancel_scope.cancel()  # shut down: stop watching for signals
+    logger.info("stopped")
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int], server: Server, stop_now: trio.CancelScope
+) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if server.shutting_down:
+            logger.warning("%s again: stopping now", name)
+            stop_now.cancel()
+            return
+        logger.info("%s: shutting down gracefully (again to stop at once)", name)
+        server.start_shutdown()
+
+
+def _print_banner(server: Server, description: str, ca_path: Path | None) -> None:
+    for host, port, *_ in server.addresses:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"trio-accept: TLS echo server on {shown}:{port} ({description})", flush=True)
+    if ca_path is not None:
+        port = server.addresses[0][1]
+        print(f"  dev CA: {ca_path}", flush=True)
+        print("  try it (type a line, it comes back):", flush=True)
+        print(
+            f"    openssl s_client -connect localhost:{port} -CAfile {ca_path} -quiet", flush=True
+        )
+        print("  or see curl's request echoed back:", flush=True)
+        print(
+            f"    curl --http0.9 --max-time 1 --cacert {ca_path} https://localhost:{port}/",
+            flush=True,
+        )

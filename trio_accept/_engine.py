@@ -92,7 +92,8 @@ class Reason(enum.StrEnum):
     """Why a handshake or connection ended: short, stable, machine-readable.
 
     The engine produces every reason except :attr:`RESET` and :attr:`TIMEOUT`, which
-    belong to the driver (the engine has neither sockets nor clocks).
+    belong to the driver (the engine has neither sockets nor clocks), and
+    :attr:`EVICTED` and :attr:`SHUTDOWN`, which belong to the listener.
     """
 
     CLOSE_NOTIFY = "close-notify"
@@ -130,6 +131,11 @@ class Reason(enum.StrEnum):
     """The peer aborted with a fatal alert not covered by a more specific reason."""
     PROTOCOL_ERROR = "protocol-error"
     """Malformed or unexpected TLS messages."""
+    EVICTED = "evicted"
+    """The listener shed this handshake to make room for a newcomer: it made the least
+    progress. Produced by the listener."""
+    SHUTDOWN = "shutdown"
+    """The server shut down while the handshake was in flight. Produced by the listener."""
 
 
 class State(enum.Enum):

@@ -35,6 +35,8 @@ _EXPLANATIONS: Final[dict[Reason, str]] = {
     Reason.OVERSIZED: "a record or message was larger than allowed",
     Reason.PEER_ALERT: "the peer aborted with a fatal alert",
     Reason.PROTOCOL_ERROR: "malformed or unexpected TLS messages",
+    Reason.EVICTED: "shed to make room: it made the least progress of all handshakes",
+    Reason.SHUTDOWN: "the server is shutting down",
 }
 
 

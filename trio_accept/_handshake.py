@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import ssl
 from contextlib import suppress
-from typing import Any, Final
+from typing import Any, Final, final
 
 import trio
 
@@ -44,6 +44,18 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 1.0
 
 
+_PLAIN_HTTP_BODY: Final = b"This is a TLS port: connect with https://, not http://.\n"
+#: What a client that speaks plain HTTP to the TLS port gets back, instead of silence
+#: (nginx does the same; trio, asyncio and Go just close).
+PLAIN_HTTP_RESPONSE: Final = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n"
+    b"\r\n%s"
+) % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+
+
 async def accept(
     transport_stream: trio.abc.Stream,
     ssl_context: ssl.SSLContext,
@@ -52,6 +64,7 @@ async def accept(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
     tolerate_ragged_eof: bool = False,
+    plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
     peer_address: Any = None,
 ) -> TLSStream:
     """Run the server side of a TLS handshake on ``transport_stream``: ``SSL_accept``.
@@ -71,6 +84,9 @@ async def accept(
             later the close_notify of :meth:`TLSStream.aclose`.
         tolerate_ragged_eof: Passed to the stream: treat a transport EOF without
             close_notify as an ordinary end of stream instead of an error.
+        plain_http_response: Sent to a client that speaks plain HTTP to this TLS port
+            (reason ``plain-http``) before closing; by default a readable
+            ``HTTP/1.1 400`` answer. ``None`` sends nothing.
         peer_address: The client's address for :attr:`TLSInfo.peer_address` and error
             messages. By default it is read from the transport's socket, if it has one;
             pass the address from a PROXY protocol header here.
@@ -91,55 +107,136 @@ async def accept(
         On any exception, cancellation included, the transport is closed before it
         propagates: nothing is left half-open.
     """
-    for name, value in (
-        ("hello_timeout", hello_timeout),
-        ("handshake_timeout", handshake_timeout),
-        ("close_timeout", close_timeout),
-    ):
-        if not value > 0:  # also rejects NaN
-            raise ValueError(f"{name} must be > 0, got {value!r}")
-    await trio.lowlevel.checkpoint_if_cancelled()
-    if peer_address is None and isinstance(transport_stream, trio.SocketStream):
-        peer_address = _peer_address_of(transport_stream)
-    started = trio.current_time()
-    engine = TLSEngine(ssl_context)
-    try:
-        result, cause = await _handshake(
-            engine,
-            transport_stream,
-            hello_deadline=started + hello_timeout,
-            deadline=started + handshake_timeout,
-        )
-        if result.kind is not ErrorKind.NONE:
-            alert = engine.data_to_send()
-            if alert:
-                # Best effort: the client may have gone already.
-                with trio.move_on_after(close_timeout), suppress(trio.BrokenResourceError):
-                    await transport_stream.send_all(alert)
-            detail = None
-            if result.reason is Reason.TIMEOUT:
-                detail = _timeout_detail(engine, hello_timeout, handshake_timeout)
-            error = tls_error(result, handshake=True, peer_address=peer_address, detail=detail)
-            raise error from (cause or result.error)
-    except BaseException:
-        await trio.aclose_forcefully(transport_stream)
-        raise
-    info = TLSInfo(
-        version=engine.version or "",
-        cipher=engine.cipher or "",
-        alpn_protocol=engine.alpn_protocol,
-        server_name=engine.server_name,
-        peer_certificate=engine.peer_certificate(),
-        peer_address=peer_address,
-        handshake_seconds=trio.current_time() - started,
-    )
-    return TLSStream(
+    handshake = Handshake(
         transport_stream,
-        engine,
-        info,
-        tolerate_ragged_eof=tolerate_ragged_eof,
+        ssl_context,
+        hello_timeout=hello_timeout,
+        handshake_timeout=handshake_timeout,
         close_timeout=close_timeout,
+        tolerate_ragged_eof=tolerate_ragged_eof,
+        plain_http_response=plain_http_response,
+        peer_address=peer_address,
     )
+    return await handshake.run()
+
+
+@final
+class Handshake:
+    """One ``SSL_accept`` in progress, for a listener that must watch it.
+
+    :func:`accept` is ``await Handshake(...).run()``. A listener keeps the object to see
+    how far the client got (:attr:`bytes_received` since :attr:`started_at`) when it must
+    choose which stalled handshake to shed, without knowing anything of TLS.
+    """
+
+    __slots__ = (
+        "_close_timeout",
+        "_engine",
+        "_handshake_timeout",
+        "_hello_timeout",
+        "_plain_http_response",
+        "_tolerate_ragged_eof",
+        "peer_address",
+        "started_at",
+        "transport_stream",
+    )
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        ssl_context: ssl.SSLContext,
+        *,
+        hello_timeout: float = HELLO_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        tolerate_ragged_eof: bool = False,
+        plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
+        peer_address: Any = None,
+    ) -> None:
+        for name, value in (
+            ("hello_timeout", hello_timeout),
+            ("handshake_timeout", handshake_timeout),
+            ("close_timeout", close_timeout),
+        ):
+            if not value > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if peer_address is None and isinstance(transport_stream, trio.SocketStream):
+            peer_address = _peer_address_of(transport_stream)
+        self.transport_stream = transport_stream
+        self.peer_address = peer_address
+        #: When the handshake started, on trio's clock.
+        self.started_at = trio.current_time()
+        self._engine = TLSEngine(ssl_context)
+        self._hello_timeout = hello_timeout
+        self._handshake_timeout = handshake_timeout
+        self._close_timeout = close_timeout
+        self._tolerate_ragged_eof = tolerate_ragged_eof
+        self._plain_http_response = plain_http_response
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes the client has sent so far."""
+        return self._engine.bytes_received
+
+    async def run(self) -> TLSStream:
+        """Drive the handshake to its end; see :func:`accept`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        engine, transport = self._engine, self.transport_stream
+        started = self.started_at
+        try:
+            result, cause = await _handshake(
+                engine,
+                transport,
+                hello_deadline=started + self._hello_timeout,
+                deadline=started + self._handshake_timeout,
+            )
+            if result.kind is not ErrorKind.NONE:
+                await self._tell_client(result)
+                detail = None
+                if result.reason is Reason.TIMEOUT:
+                    detail = _timeout_detail(engine, self._hello_timeout, self._handshake_timeout)
+                error = tls_error(
+                    result, handshake=True, peer_address=self.peer_address, detail=detail
+                )
+                raise error from (cause or result.error)
+        except BaseException:
+            await trio.aclose_forcefully(transport)
+            raise
+        info = TLSInfo(
+            version=engine.version or "",
+            cipher=engine.cipher or "",
+            alpn_protocol=engine.alpn_protocol,
+            server_name=engine.server_name,
+            peer_certificate=engine.peer_certificate(),
+            peer_address=self.peer_address,
+            handshake_seconds=trio.current_time() - started,
+        )
+        return TLSStream(
+            transport,
+            engine,
+            info,
+            tolerate_ragged_eof=self._tolerate_ragged_eof,
+            close_timeout=self._close_timeout,
+        )
+
+    async def _tell_client(self, result: Result) -> None:
+        """Flush the alert OpenSSL queued -- or, to plain HTTP, our 400 answer -- best
+        effort and within ``close_timeout``: the client may be gone already."""
+        message = self._engine.data_to_send()
+        if result.reason is Reason.PLAIN_HTTP and self._plain_http_response is not None:
+            message += self._plain_http_response
+        if not message:
+            return
+        transport = self.transport_stream
+        with trio.move_on_after(self._close_timeout), suppress(trio.BrokenResourceError):
+            await transport.send_all(message)
+            if isinstance(transport, trio.abc.HalfCloseableStream):
+                # Let the answer arrive before the close: closing with unread request
+                # bytes in our buffer would make the kernel send a reset, and the
+                # client's kernel would discard the answer (nginx's "lingering close").
+                await transport.send_eof()
+                while await transport.receive_some(RECEIVE_SIZE):
+                    pass
 
 
 async def _handshake(

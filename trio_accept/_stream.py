@@ -143,6 +143,7 @@ class TLSStream(trio.abc.Stream):
         "_status",
         "_tolerate_ragged_eof",
         "info",
+        "last_activity",
         "transport_stream",
     )
 
@@ -162,6 +163,9 @@ class TLSStream(trio.abc.Stream):
         self._close_timeout = close_timeout
         self._status = _Status.OPEN
         self._ragged_eof = False
+        #: When bytes last moved on the transport, either way (trio's clock); a listener
+        #: uses it to close idle connections.
+        self.last_activity = trio.current_time()
         self._send_lock = trio.StrictFIFOLock()
         self._send_conflict = _ConflictDetector("another task is sending on this TLSStream")
         self._receive_conflict = _ConflictDetector("another task is receiving on this TLSStream")
@@ -194,6 +198,23 @@ class TLSStream(trio.abc.Stream):
             raise
         finally:
             lock.release()
+        self.last_activity = trio.current_time()
+
+    async def _send_alert(self, alert: bytes) -> None:
+        """Send the alert of a failed read: best effort, within ``close_timeout``.
+
+        The TLS failure is what the caller must hear about, so a peer that is gone (or
+        not reading) must turn it into neither a transport error nor a hang.
+        """
+        try:
+            with trio.move_on_after(self._close_timeout):
+                async with self._send_lock:
+                    await self.transport_stream.send_all(alert)
+        except trio.BrokenResourceError:
+            pass  # the peer is gone: it cannot hear why any more
+        except BaseException:
+            self._break()  # e.g. cancelled: the failed engine must not be read again
+            raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive and decrypt some data; ``b""`` at the end of the stream.
@@ -220,7 +241,10 @@ class TLSStream(trio.abc.Stream):
                 answer = engine.data_to_send()
                 if answer:
                     yielded = True
-                    await self._send(answer)
+                    if result.failed:
+                        await self._send_alert(answer)
+                    else:
+                        await self._send(answer)
                 if result.kind is not ErrorKind.WANT_READ:
                     break
                 yielded = True
@@ -229,6 +253,7 @@ class TLSStream(trio.abc.Stream):
                 except trio.BrokenResourceError:
                     self._break()
                     raise
+                self.last_activity = trio.current_time()
                 engine.receive_data(data)
             if result.failed:
                 if result.reason is Reason.EOF and self._tolerate_ragged_eof:
@@ -251,6 +276,9 @@ class TLSStream(trio.abc.Stream):
         """
         with self._send_conflict:
             self._check_status()
+            if self._ragged_eof:
+                # OpenSSL failed the session at that EOF: nothing can be sent any more.
+                raise trio.BrokenResourceError("the peer closed the connection without close_notify")
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
