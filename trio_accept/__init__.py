@@ -16,8 +16,10 @@ from ._errors import TLSError as TLSError
 from ._handshake import accept as accept
 from ._listener import Server as Server
 from ._listener import ServerStats as ServerStats
+from ._listener import TLSListener as TLSListener
 from ._listener import current_server as current_server
 from ._listener import open_server as open_server
+from ._listener import open_tls_listeners as open_tls_listeners
 from ._listener import serve_tls as serve_tls
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
@@ -40,12 +42,14 @@ for _obj in (
     TLSEngine,
     TLSError,
     TLSInfo,
+    TLSListener,
     TLSStream,
     accept,
     current_server,
     dev_ca_path,
     dev_context,
     open_server,
+    open_tls_listeners,
     serve_tls,
 ):
     _obj.__module__ = __name__

@@ -164,7 +164,7 @@ class Server:
         self,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         ssl_context: ssl.SSLContext,
-        handler: Handler,
+        handler: Handler | trio.MemorySendChannel[TLSStream],
         *,
         hello_timeout: float,
         handshake_timeout: float,
@@ -187,6 +187,7 @@ class Server:
             raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
         self._listeners = list(listeners)
         self._ssl_context = ssl_context
+        # A handler to call, or (for TLSListener) a channel to hand finished streams to.
         self._handler = handler
         self._handshake_options: dict[str, Any] = {
             "hello_timeout": hello_timeout,
@@ -246,6 +247,11 @@ class Server:
         )
 
     @property
+    def started(self) -> bool:
+        """True once :meth:`start` has run."""
+        return self._nursery is not None
+
+    @property
     def shutting_down(self) -> bool:
         """True once a shutdown has begun: handlers should wrap up."""
         return self._shutdown_started.is_set()
@@ -301,18 +307,19 @@ class Server:
 
     # -- running ------------------------------------------------------------------
 
-    async def run(self, nursery: trio.Nursery, handler_nursery: trio.Nursery | None) -> None:
-        """Start the accept loops (and the idle sweeper) in ``nursery``; returns at once.
+    def start(self, nursery: trio.Nursery, handler_nursery: trio.Nursery | None = None) -> None:
+        """Start the accept loops (and the idle sweeper) in ``nursery``.
 
-        :func:`open_server` calls this; you do not need to.
+        :func:`open_server` and :class:`TLSListener` call this; you do not need to.
         """
+        if self._nursery is not None:
+            raise RuntimeError("this server was started already")
         self._nursery = nursery
         self._handler_nursery = handler_nursery
         for listener in self._listeners:
             nursery.start_soon(self._accept_loop, listener)
         if self._idle_timeout is not None:
             nursery.start_soon(self._sweep_idle, self._idle_timeout)
-        await trio.lowlevel.checkpoint()
 
     def _full(self) -> bool:
         limit = self._max_connections
@@ -393,12 +400,26 @@ class Server:
         if self._shutdown_started.is_set():
             await stream.aclose()
             return
-        if self._handler_nursery is not None:
+        if isinstance(self._handler, trio.MemorySendChannel):
+            await self._hand_off(self._handler, stream)
+        elif self._handler_nursery is not None:
             self._established.add(connection)  # counted from now on, not when it starts
             self._spawn(self._handler_nursery, self._handler_task, connection, stream)
         else:
             self._established.add(connection)
             await self._handler_task(connection, stream)
+
+    async def _hand_off(
+        self, channel: trio.MemorySendChannel[TLSStream], stream: TLSStream
+    ) -> None:
+        """Give a finished stream to whoever calls :meth:`TLSListener.accept`; it is theirs
+        from then on. Unclaimed when the listener closes, it is closed here."""
+        try:
+            await channel.send(stream)
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if not isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                raise
 
     async def _handshake(self, connection: _Connection) -> TLSStream | None:
         stream = None
@@ -441,6 +462,7 @@ class Server:
         try:
             with connection.scope:
                 try:
+                    assert not isinstance(self._handler, trio.MemorySendChannel)
                     await self._handler(stream)
                 except* trio.BrokenResourceError as group:
                     # The peer broke the connection (a reset, a ragged EOF, a TLS alert):
@@ -533,7 +555,7 @@ async def open_server(
     )
     try:
         async with trio.open_nursery() as nursery:
-            await server.run(nursery, handler_nursery)
+            server.start(nursery, handler_nursery)
             yield server
             await server.shutdown()
     finally:
@@ -621,3 +643,123 @@ async def serve_tls(
         ]
         task_status.started(listeners)
         await server.wait_shutting_down()
+
+
+@final
+class TLSListener(trio.abc.Listener[TLSStream]):
+    """A :class:`trio.abc.Listener` whose :meth:`accept` returns finished handshakes only.
+
+    Handshakes run concurrently in the background, with the same deadlines and admission
+    limits as :func:`serve_tls`; failed ones are counted in :attr:`stats` and reported to
+    ``on_handshake_error``, never raised from :meth:`accept`. The background work needs a
+    nursery: pass one, or use the listener as an ``async with`` block, which opens its
+    own. Either way, :meth:`aclose` stops it.
+
+    Args:
+        transport_listener: Where connections come from (a ``trio.SocketListener``).
+        ssl_context: A server :class:`ssl.SSLContext`; ``None`` uses development
+            certificates.
+        nursery: Where to run the handshakes; ``None`` to run them in the ``async with``
+            block's own nursery.
+
+    The other arguments are those of :func:`serve_tls`.
+
+    Resource handling:
+        A stream returned by :meth:`accept` is yours to close. Streams finished but not
+        yet accepted when the listener closes are closed by it.
+    """
+
+    def __init__(
+        self,
+        transport_listener: trio.abc.Listener[trio.abc.Stream],
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        nursery: trio.Nursery | None = None,
+        hello_timeout: float = HELLO_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        max_handshakes: int = MAX_HANDSHAKES,
+        tolerate_ragged_eof: bool = False,
+        plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
+        on_handshake_error: HandshakeErrorHook | None = None,
+    ) -> None:
+        self.transport_listener = transport_listener
+        # Unbuffered: a finished handshake waits in its own task until accept() takes it.
+        self._send, self._receive = trio.open_memory_channel[TLSStream](0)
+        self._server = Server(
+            [transport_listener],
+            ssl_context if ssl_context is not None else dev_context(),
+            self._send,
+            hello_timeout=hello_timeout,
+            handshake_timeout=handshake_timeout,
+            close_timeout=close_timeout,
+            idle_timeout=None,
+            max_connections=None,
+            max_handshakes=max_handshakes,
+            shutdown_grace=0,
+            tolerate_ragged_eof=tolerate_ragged_eof,
+            plain_http_response=plain_http_response,
+            on_handshake_error=on_handshake_error,
+        )
+        self._own_nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
+        if nursery is not None:
+            self._server.start(nursery)
+
+    @property
+    def stats(self) -> ServerStats:
+        """A snapshot of the counters (see :class:`ServerStats`)."""
+        return self._server.stats
+
+    async def __aenter__(self) -> TLSListener:
+        if not self._server.started:
+            self._nursery_manager = trio.open_nursery()
+            nursery = await self._nursery_manager.__aenter__()
+            self._server.start(nursery)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.aclose()
+        finally:
+            if self._nursery_manager is not None:
+                manager, self._nursery_manager = self._nursery_manager, None
+                await manager.__aexit__(*exc_info)
+
+    async def accept(self) -> TLSStream:
+        """Wait for the next connection whose handshake has completed.
+
+        Raises:
+            trio.ClosedResourceError: the listener was closed.
+        """
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("this TLSListener was closed") from None
+
+    async def aclose(self) -> None:
+        """Stop accepting, shed the handshakes in flight, close unclaimed streams."""
+        self._send.close()
+        await self._server.shutdown(grace=0)
+        await self._receive.aclose()
+
+
+async def open_tls_listeners(
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    nursery: trio.Nursery,
+    host: str | bytes | None = None,
+    backlog: int | None = None,
+    **options: Any,
+) -> list[TLSListener]:
+    """Open TCP listeners on ``port`` and wrap each in a :class:`TLSListener` running in
+    ``nursery`` -- the TLS counterpart of :func:`trio.open_tcp_listeners`.
+
+    ``options`` are :class:`TLSListener`'s keyword arguments.
+    """
+    transport_listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    return [
+        TLSListener(listener, ssl_context, nursery=nursery, **options)
+        for listener in transport_listeners
+    ]
