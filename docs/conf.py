@@ -36,7 +36,7 @@ extensions = [
 # references to the standard library and to Trio stay unresolved, and are
 # ignored here so that `sphinx-build -n` still checks the project's own names.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|ssl|typing|collections\.abc|enum|types)(\..*)?"),
+    (r"py:.*", r"(trio|ssl|typing|collections\.abc|enum|types|logging)(\..*)?"),
     (
         r"py:.*",
         r"(None|bool|int|float|str|bytes|bytearray|memoryview|object|type|list|dict|tuple"

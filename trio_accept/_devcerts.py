@@ -38,7 +38,8 @@ def dev_ca_path(directory: Path | None = None) -> Path:
     """The dev CA certificate a client must trust (PEM), creating the CA if needed.
 
     Args:
-        directory: Where the CA lives; :func:`state_directory` by default.
+        directory: Where the CA lives; by default the per-user state directory,
+            ``$XDG_STATE_HOME/trio-accept`` or ``~/.local/state/trio-accept``.
     """
     return _load_or_create_ca(directory or state_directory())[1]
 
@@ -47,7 +48,8 @@ def dev_context(directory: Path | None = None) -> ssl.SSLContext:
     """A server :class:`ssl.SSLContext` with a fresh dev certificate from the dev CA.
 
     Args:
-        directory: Where the CA lives; :func:`state_directory` by default.
+        directory: Where the CA lives; by default the per-user state directory,
+            ``$XDG_STATE_HOME/trio-accept`` or ``~/.local/state/trio-accept``.
     """
     ca, _ = _load_or_create_ca(directory or state_directory())
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
