@@ -316,40 +316,48 @@ class Server:
             raise RuntimeError("this server was started already")
         self._nursery = nursery
         self._handler_nursery = handler_nursery
-        for listener in self._listeners:
-            nursery.start_soon(self._accept_loop, listener)
-        if self._idle_timeout is not None:
-            nursery.start_soon(self._sweep_idle, self._idle_timeout)
+        nursery.start_soon(self._serve_listeners)
+
+    async def _serve_listeners(self) -> None:
+        """The accept loops and the idle sweeper: what a shutdown cancels first.
+
+        Connections live in the outer nursery, so they outlast this scope.
+        """
+        with self._service_scope:
+            async with trio.open_nursery() as service:
+                for listener in self._listeners:
+                    service.start_soon(self._accept_loop, listener)
+                if self._idle_timeout is not None:
+                    service.start_soon(self._sweep_idle, self._idle_timeout)
 
     def _full(self) -> bool:
         limit = self._max_connections
         return limit is not None and len(self._handshakes) + len(self._established) >= limit
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
-        with self._service_scope:
-            while True:
-                # Backpressure: only when full of established connections (a handshake
-                # in flight can always be shed for a newcomer).
-                while self._full() and not self._handshakes:
-                    await self._room.park()
-                try:
-                    transport = await listener.accept()
-                except trio.ClosedResourceError:
-                    return  # closed by shutdown()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    self._accept_errors += 1
-                    logger.warning(
-                        "accept() failed: %s (%s); retrying in %g s",
-                        errno.errorcode.get(exc.errno, exc.errno),
-                        os.strerror(exc.errno),
-                        ACCEPT_RETRY_DELAY,
-                    )
-                    await trio.sleep(ACCEPT_RETRY_DELAY)
-                    continue
-                self._accepted += 1
-                self._admit(transport)
+        while True:
+            # Backpressure: only when full of established connections (a handshake
+            # in flight can always be shed for a newcomer).
+            while self._full() and not self._handshakes:
+                await self._room.park()
+            try:
+                transport = await listener.accept()
+            except trio.ClosedResourceError:
+                return  # closed by shutdown()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self._accept_errors += 1
+                logger.warning(
+                    "accept() failed: %s (%s); retrying in %g s",
+                    errno.errorcode.get(exc.errno, exc.errno),
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            self._accepted += 1
+            self._admit(transport)
 
     def _admit(self, transport: trio.abc.Stream) -> None:
         """Register a new connection (shedding one if needed) and start its task."""
@@ -483,22 +491,21 @@ class Server:
 
     async def _sweep_idle(self, idle_timeout: float) -> None:
         """Close established connections that moved no bytes for ``idle_timeout``."""
-        with self._service_scope:
-            while True:
-                now = trio.current_time()
-                wake = now + idle_timeout
-                for connection in list(self._established):
-                    stream = connection.stream
-                    if stream is None or connection.stop_reason is not None:
-                        continue
-                    expires = stream.last_activity + idle_timeout
-                    if expires <= now:
-                        connection.stop_reason = Reason.TIMEOUT
-                        connection.scope.cancel()
-                        self._idle_closed += 1
-                    else:
-                        wake = min(wake, expires)
-                await trio.sleep_until(wake)
+        while True:
+            now = trio.current_time()
+            wake = now + idle_timeout
+            for connection in list(self._established):
+                stream = connection.stream
+                if stream is None or connection.stop_reason is not None:
+                    continue
+                expires = stream.last_activity + idle_timeout
+                if expires <= now:
+                    connection.stop_reason = Reason.TIMEOUT
+                    connection.scope.cancel()
+                    self._idle_closed += 1
+                else:
+                    wake = min(wake, expires)
+            await trio.sleep_until(wake)
 
 
 @asynccontextmanager
