@@ -180,10 +180,10 @@ class Handshake:
 
     async def run(self) -> TLSStream:
         """Drive the handshake to its end; see :func:`accept`."""
-        await trio.lowlevel.checkpoint_if_cancelled()
         engine, transport = self._engine, self.transport_stream
         started = self.started_at
         try:
+            await trio.lowlevel.checkpoint_if_cancelled()
             result, cause = await _handshake(
                 engine,
                 transport,

@@ -241,10 +241,8 @@ class TLSStream(trio.abc.Stream):
                 answer = engine.data_to_send()
                 if answer:
                     yielded = True
-                    if result.failed:
-                        await self._send_alert(answer)
-                    else:
-                        await self._send(answer)
+                    # A failed read's answer is its alert: best effort (see _send_alert).
+                    await (self._send_alert if result.failed else self._send)(answer)
                 if result.kind is not ErrorKind.WANT_READ:
                     break
                 yielded = True
@@ -278,7 +276,9 @@ class TLSStream(trio.abc.Stream):
             self._check_status()
             if self._ragged_eof:
                 # OpenSSL failed the session at that EOF: nothing can be sent any more.
-                raise trio.BrokenResourceError("the peer closed the connection without close_notify")
+                raise trio.BrokenResourceError(
+                    "the peer closed the connection without close_notify"
+                )
             if not data:
                 await trio.lowlevel.checkpoint()
                 return

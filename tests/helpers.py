@@ -1,0 +1,113 @@
+"""Helpers shared by the driver tests (test_stream, test_handshake, test_interop)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+import trio_accept
+from trio_accept import ErrorKind, Reason
+from trio_accept._handshake import CLOSE_TIMEOUT
+
+#: A factory of two connected transport streams: memory_stream_pair or lockstep_stream_pair.
+TransportPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+
+#: The alert OpenSSL sends for a record it cannot use: fatal (2) unexpected_message (10).
+UNEXPECTED_MESSAGE_ALERT: Final = b"\x15\x03\x03\x00\x02\x02\x0a"
+#: Fatal (2) record_overflow (22).
+RECORD_OVERFLOW_ALERT: Final = b"\x15\x03\x03\x00\x02\x02\x16"
+#: Fatal (2) decode_error (50): OpenSSL 3's answer to EOF in the middle of a record.
+DECODE_ERROR_ALERT: Final = b"\x15\x03\x03\x00\x02\x02\x32"
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A first flight that is not a usable ClientHello, and what OpenSSL makes of it.
+
+    The client sends ``data``, then shuts down its sending side.
+    """
+
+    name: str
+    data: bytes
+    reason: Reason
+    alert: bytes  # what the server sends back before closing (b"": nothing)
+    kind: ErrorKind = ErrorKind.SSL
+
+
+# OpenSSL sends no alert for bytes that do not look like TLS at all ("Doesn't look like
+# TLS - don't send an alert", ssl3_get_record), and a fatal alert for broken TLS.
+# Each input is exactly what OpenSSL reads before it gives up (a whole record, or a
+# bare header when the header alone is fatal), so a peer that closes its socket does
+# not turn unread bytes into a TCP reset.
+MALFORMED: Final = (
+    Malformed("plain-http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reason.PLAIN_HTTP, b""),
+    # OpenSSL knows only GET/POST/HEAD/PUT/CONNECT; the engine recognises the rest.
+    Malformed("plain-http-options", b"OPTIONS * HTTP/1.1\r\n\r\n", Reason.PLAIN_HTTP, b""),
+    Malformed(
+        "garbage", bytes.fromhex("deadbeef0badf00d5ca1ab1e00112233"), Reason.WRONG_VERSION, b""
+    ),
+    Malformed("ssh-banner", b"SSH-2.0-OpenSSH_9.6\r\n", Reason.WRONG_VERSION, b""),
+    Malformed(
+        "record-garbage-body",
+        b"\x16\x03\x01\x00\x10" + b"A" * 16,
+        Reason.PROTOCOL_ERROR,
+        UNEXPECTED_MESSAGE_ALERT,
+    ),
+    Malformed(
+        "oversized-record", b"\x16\x03\x01\xff\xff", Reason.OVERSIZED, RECORD_OVERFLOW_ALERT
+    ),
+    # Not a byte: OpenSSL still queues an alert, which a half-closed client can read.
+    Malformed("eof", b"", Reason.EOF, DECODE_ERROR_ALERT, ErrorKind.SYSCALL),
+)
+
+
+async def tls_pair(
+    server_transport: trio.abc.Stream,
+    client_transport: trio.abc.Stream,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    *,
+    server_hostname: str | None = "localhost",
+    https_compatible: bool = False,
+    tolerate_ragged_eof: bool = False,
+    close_timeout: float = CLOSE_TIMEOUT,
+) -> tuple[trio_accept.TLSStream, trio.SSLStream[trio.abc.Stream]]:
+    """Run ``accept()`` and a trio client handshake concurrently; return both ends."""
+    client = trio.SSLStream(
+        client_transport,
+        client_context,
+        server_hostname=server_hostname,
+        https_compatible=https_compatible,
+    )
+    servers: list[trio_accept.TLSStream] = []
+
+    async def serve() -> None:
+        servers.append(
+            await trio_accept.accept(
+                server_transport,
+                server_context,
+                tolerate_ragged_eof=tolerate_ragged_eof,
+                close_timeout=close_timeout,
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await client.do_handshake()
+    [server] = servers
+    return server, client
+
+
+async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything the peer sends until it closes; a broken transport counts as closed."""
+    received = bytearray()
+    try:
+        while data := await stream.receive_some():
+            received += data
+    except trio.BrokenResourceError:
+        pass
+    return bytes(received)
