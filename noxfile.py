@@ -58,8 +58,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    # Tests are type-checked too; nox itself is needed to check noxfile.py.
-    session.install("-e", ".[typing,test]", "nox")
+    # Tests and the docs' Sphinx extensions are type-checked too, and nox itself is
+    # needed to check noxfile.py.
+    session.install("-e", ".[typing,test,docs]", "nox")
     session.run("mypy")
     session.run("pyright")
     session.run("pyright", "--verifytypes", "trio_accept", "--ignoreexternal")
