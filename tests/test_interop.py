@@ -215,3 +215,71 @@ async def test_same_answers_as_openssl_s_server(
     assert ours == theirs
     assert ours == {case.name: case.alert for case in MALFORMED}
     assert reasons == {case.name: case.reason for case in MALFORMED}
+
+
+async def read_until(stdout: trio.abc.ReceiveStream, marker: bytes) -> bytes:
+    """Read a process's output until ``marker`` shows up (or it ends)."""
+    seen = b""
+    while marker not in seen:
+        chunk = await stdout.receive_some()
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+async def test_key_update_while_session_tickets_are_held(
+    server_context: ssl.SSLContext, ca: trustme.CA, tmp_path: Path
+) -> None:
+    # TLS 1.3: the engine holds our session tickets until the data phase has something
+    # to send. Here the client's first act after the handshake is a KeyUpdate that asks
+    # for ours in return (s_client's "K" command), before we ever wrote. OpenSSL queues
+    # its answering KeyUpdate for our next write, so that write must carry the tickets
+    # (under the old keys) ahead of the KeyUpdate and the data (under the new ones), or
+    # the client cannot decrypt what follows.
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    received: list[bytes] = []
+    got_before = trio.Event()
+
+    async def handler(tcp_stream: trio.SocketStream) -> None:
+        stream = await trio_accept.accept(tcp_stream, server_context)
+        async with stream:
+            # Read two lines before writing anything: the KeyUpdate arrives meanwhile.
+            while b"after\n" not in b"".join(received):
+                data = await stream.receive_some()
+                if not data:
+                    return
+                received.append(data)
+                got_before.set()
+            await stream.send_all(b"echo: " + b"".join(received))
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            await nursery.start(trio.serve_listeners, handler, listeners)
+            port = listeners[0].socket.getsockname()[1]
+            # No -quiet/-ign_eof: s_client only obeys commands ("K") without them.
+            command = ["openssl", "s_client", "-tls1_3", "-connect", f"127.0.0.1:{port}"]
+            command += ["-servername", "localhost", "-CAfile", str(ca_file)]
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            try:
+                assert process.stdin is not None
+                assert process.stdout is not None
+                await read_until(process.stdout, b"Verify return code: 0 (ok)")
+                # One input line per read of s_client's: a command must start a read.
+                await process.stdin.send_all(b"before\n")
+                await got_before.wait()
+                await process.stdin.send_all(b"K\n")
+                output = await read_until(process.stdout, b"KEYUPDATE")
+                await process.stdin.send_all(b"after\n")
+                output += await read_until(process.stdout, b"echo: before\nafter\n")
+            finally:
+                process.kill()
+                await process.wait()
+            nursery.cancel_scope.cancel()
+    assert b"KEYUPDATE" in output
+    assert b"echo: before\nafter\n" in output
+    assert b"bad record mac" not in output.lower()
