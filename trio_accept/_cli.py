@@ -63,10 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.cert is None) != (args.key is None):
         print("trio-accept: --cert and --key go together", file=sys.stderr)
         return 2
+    for option, path in (("--cert", args.cert), ("--key", args.key)):
+        if path is not None and not path.is_file():
+            print(f"trio-accept: {option} {path}: no such file", file=sys.stderr)
+            return 2
     try:
         context, description, ca_path = _context(args.cert, args.key, args.dev_ca)
     except (OSError, ssl.SSLError) as exc:
-        print(f"trio-accept: cannot load the certificate: {exc}", file=sys.stderr)
+        if args.cert is not None:
+            what = f"the certificate {args.cert} with the key {args.key}"
+        else:
+            what = f"the dev CA in {args.dev_ca or state_directory()}"
+        print(f"trio-accept: cannot load {what}: {exc}", file=sys.stderr)
         return 2
     trio.run(_serve, args.host, args.port, context, description, ca_path)
     return 0

@@ -66,6 +66,7 @@ def _load_or_create_ca(directory: Path) -> tuple[trustme.CA, Path]:
     # The key first, readable by its owner only; then the certificate, which is public.
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as key_file:
+        os.fchmod(descriptor, 0o600)  # the mode above applies only if the file is new
         key_file.write(ca.private_key_pem.bytes())
     ca.cert_pem.write_to_path(str(cert_path))
     return ca, cert_path
