@@ -118,6 +118,18 @@ def test_unusable_dev_ca_directory(capsys: pytest.CaptureFixture[str], tmp_path:
     assert f"cannot load the dev CA in {not_a_directory}" in capsys.readouterr().err
 
 
+def test_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["serve", "--port", str(port), "--dev-ca", str(tmp_path)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1 port {port}" in err
+    assert "Traceback" not in err
+
+
 # -- a serve subprocess --------------------------------------------------------------------
 
 

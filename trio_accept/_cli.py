@@ -76,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = f"the dev CA in {args.dev_ca or state_directory()}"
         print(f"trio-accept: cannot load {what}: {exc}", file=sys.stderr)
         return 2
-    trio.run(_serve, args.host, args.port, context, description, ca_path)
-    return 0
+    try:
+        return trio.run(_serve, args.host, args.port, context, description, ca_path)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was in place, or after
+        return 130
 
 
 def _context(
@@ -110,19 +112,28 @@ async def echo(stream: TLSStream) -> None:
 
 async def _serve(
     host: str, port: int, context: ssl.SSLContext, description: str, ca_path: Path | None
-) -> None:
-    """Serve until a signal: the first shuts down gracefully, a second stops at once."""
+) -> int:
+    """Serve until a signal: the first shuts down gracefully, a second stops at once.
+
+    Returns the exit status.
+    """
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        print(f"trio-accept: cannot listen on {host} port {port}: {exc}", file=sys.stderr)
+        return 2
     with (
         trio.CancelScope() as stop_now,
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
     ):
         async with trio.open_nursery() as nursery:
-            async with open_server(echo, port, host=host, ssl_context=context) as server:
+            async with open_server(echo, listeners=listeners, ssl_context=context) as server:
                 _print_banner(server, description, ca_path)
                 nursery.start_soon(_watch_signals, signals, server, stop_now)
                 await server.wait_shutting_down()
             nursery.cancel_scope.cancel()  # shut down: stop watching for signals
     logger.info("stopped")
+    return 0
 
 
 async def _watch_signals(
