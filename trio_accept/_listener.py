@@ -209,6 +209,7 @@ class Server:
         self._handler_nursery: trio.Nursery | None = None
         self._service_scope = trio.CancelScope()
         self._room = trio.lowlevel.ParkingLot()  # woken when a connection ends
+        self._accepting: set[trio.CancelScope] = set()  # accept() calls in progress
         self._drained = trio.lowlevel.ParkingLot()  # woken when a task ends
         self._shutdown_started = trio.Event()
         self._accepted = self._completed = self._closed = 0
@@ -293,8 +294,11 @@ class Server:
                 grace,
             )
             self._service_scope.cancel()
-            for listener in self._listeners:
-                await trio.aclose_forcefully(listener)
+            # Shielded: in a cancelled scope, the first close's checkpoint would raise
+            # and leave the other listeners open.
+            with trio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await trio.aclose_forcefully(listener)
             for connection in list(self._handshakes):
                 self._shed(connection, Reason.SHUTDOWN)
         with trio.move_on_after(grace):
@@ -341,7 +345,7 @@ class Server:
             while self._full() and not self._handshakes:
                 await self._room.park()
             try:
-                transport = await listener.accept()
+                transport = await self._accept(listener)
             except trio.ClosedResourceError:
                 return  # closed by shutdown()
             except OSError as exc:
@@ -356,8 +360,31 @@ class Server:
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
+            if transport is None:
+                continue  # the server filled up while we waited: back to backpressure
             self._accepted += 1
             self._admit(transport)
+
+    async def _accept(
+        self, listener: trio.abc.Listener[trio.abc.Stream]
+    ) -> trio.abc.Stream | None:
+        """``listener.accept()``, or None if the last handshake in flight completed
+        meanwhile and left the server full of established connections: :meth:`_establish`
+        then cancels the wait (trio's ``accept()`` loses no connection to a cancel)."""
+        with trio.CancelScope() as waiting:
+            self._accepting.add(waiting)
+            try:
+                return await listener.accept()
+            finally:
+                self._accepting.discard(waiting)
+        return None
+
+    def _establish(self, connection: _Connection) -> None:
+        """Count a finished handshake as an established connection."""
+        self._established.add(connection)
+        if self._full() and not self._handshakes:
+            for waiting in self._accepting:
+                waiting.cancel()
 
     def _admit(self, transport: trio.abc.Stream) -> None:
         """Register a new connection (shedding one if needed) and start its task."""
@@ -411,10 +438,10 @@ class Server:
         if isinstance(self._handler, trio.MemorySendChannel):
             await self._hand_off(self._handler, stream)
         elif self._handler_nursery is not None:
-            self._established.add(connection)  # counted from now on, not when it starts
+            self._establish(connection)  # counted from now on, not when it starts
             self._spawn(self._handler_nursery, self._handler_task, connection, stream)
         else:
-            self._established.add(connection)
+            self._establish(connection)
             await self._handler_task(connection, stream)
 
     async def _hand_off(
@@ -545,29 +572,33 @@ async def open_server(
         ssl_context = dev_context()
     if listeners is None:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-    server = Server(
-        listeners,
-        ssl_context,
-        handler,
-        hello_timeout=hello_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        idle_timeout=idle_timeout,
-        max_connections=max_connections,
-        max_handshakes=max_handshakes,
-        shutdown_grace=shutdown_grace,
-        tolerate_ragged_eof=tolerate_ragged_eof,
-        plain_http_response=plain_http_response,
-        on_handshake_error=on_handshake_error,
-    )
     try:
+        server = Server(
+            listeners,
+            ssl_context,
+            handler,
+            hello_timeout=hello_timeout,
+            handshake_timeout=handshake_timeout,
+            close_timeout=close_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            max_handshakes=max_handshakes,
+            shutdown_grace=shutdown_grace,
+            tolerate_ragged_eof=tolerate_ragged_eof,
+            plain_http_response=plain_http_response,
+            on_handshake_error=on_handshake_error,
+        )
         async with trio.open_nursery() as nursery:
             server.start(nursery, handler_nursery)
             yield server
             await server.shutdown()
     finally:
-        for listener in server.listeners:
-            await trio.aclose_forcefully(listener)
+        # Shielded: on a hard stop, the first close's checkpoint would raise Cancelled
+        # and leave the other listeners (IPv6, say) open. Not server.listeners: an
+        # invalid argument makes Server() raise, and the listeners must close then too.
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
 
 
 async def serve_tls(
