@@ -99,11 +99,11 @@ class ClientHelloReader:
     __slots__ = ("_body", "_buffer", "_hello_length", "head", "hello", "status")
 
     def __init__(self) -> None:
-        self.status = HelloStatus.NEED_DATA
+        self.status: HelloStatus = HelloStatus.NEED_DATA
         self.hello: ClientHello | None = None
         #: The first bytes the client sent (at most 16, however they were chunked), to
         #: recognise plain HTTP.
-        self.head = b""
+        self.head: bytes = b""
         # Bytes of a record not yet complete (header and fragment).
         self._buffer = bytearray()
         # Handshake-layer bytes gathered from complete records.

@@ -317,7 +317,7 @@ class TLSEngine:
         # TLS 1.3 session tickets held back until the data phase (see module doc).
         self._tickets = b""
         #: Bytes received from the client so far (progress, for admission control).
-        self.bytes_received = 0
+        self.bytes_received: int = 0
 
     # -- input and output -----------------------------------------------------------
 

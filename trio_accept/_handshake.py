@@ -162,10 +162,10 @@ class Handshake:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if peer_address is None and isinstance(transport_stream, trio.SocketStream):
             peer_address = _peer_address_of(transport_stream)
-        self.transport_stream = transport_stream
-        self.peer_address = peer_address
+        self.transport_stream: trio.abc.Stream = transport_stream
+        self.peer_address: Any = peer_address
         #: When the handshake started, on trio's clock.
-        self.started_at = trio.current_time()
+        self.started_at: float = trio.current_time()
         self._engine = TLSEngine(ssl_context)
         self._hello_timeout = hello_timeout
         self._handshake_timeout = handshake_timeout

@@ -721,7 +721,7 @@ class TLSListener(trio.abc.Listener[TLSStream]):
         plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
         on_handshake_error: HandshakeErrorHook | None = None,
     ) -> None:
-        self.transport_listener = transport_listener
+        self.transport_listener: trio.abc.Listener[trio.abc.Stream] = transport_listener
         # Unbuffered: a finished handshake waits in its own task until accept() takes it.
         self._send, self._receive = trio.open_memory_channel[TLSStream](0)
         self._server = Server(

@@ -156,8 +156,8 @@ class TLSStream(trio.abc.Stream):
         tolerate_ragged_eof: bool = False,
         close_timeout: float = 1.0,
     ) -> None:
-        self.transport_stream = transport_stream
-        self.info = info
+        self.transport_stream: trio.abc.Stream = transport_stream
+        self.info: TLSInfo = info
         self._engine = engine
         self._tolerate_ragged_eof = tolerate_ragged_eof
         self._close_timeout = close_timeout
@@ -165,7 +165,7 @@ class TLSStream(trio.abc.Stream):
         self._ragged_eof = False
         #: When bytes last moved on the transport, either way (trio's clock); a listener
         #: uses it to close idle connections.
-        self.last_activity = trio.current_time()
+        self.last_activity: float = trio.current_time()
         self._send_lock = trio.StrictFIFOLock()
         self._send_conflict = _ConflictDetector("another task is sending on this TLSStream")
         self._receive_conflict = _ConflictDetector("another task is receiving on this TLSStream")
