@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import trustme
 
+from trio_accept._config import dev_context
 from trio_accept._devcerts import (
     CA_CERT_FILE,
     CA_KEY_FILE,
     DEV_IDENTITIES,
     dev_ca_path,
-    dev_context,
     state_directory,
 )
 

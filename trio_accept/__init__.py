@@ -1,8 +1,15 @@
 """trio_accept: OpenSSL's SSL_accept(3) made into a structured-concurrency TLS server for Trio."""
 
 from ._clienthello import ClientHello as ClientHello
+from ._config import PROFILES as PROFILES
+from ._config import CertificateError as CertificateError
+from ._config import CertificateStore as CertificateStore
+from ._config import CertificateWarning as CertificateWarning
+from ._config import Profile as Profile
+from ._config import dev_context as dev_context
+from ._config import load_certificate as load_certificate
+from ._config import server_context as server_context
 from ._devcerts import dev_ca_path as dev_ca_path
-from ._devcerts import dev_context as dev_context
 from ._engine import TRANSITIONS as TRANSITIONS
 from ._engine import EngineStateError as EngineStateError
 from ._engine import ErrorKind as ErrorKind
@@ -29,10 +36,14 @@ __version__ = "0.1.0.dev0"
 # Show the public names as trio_accept.X (in reprs, tracebacks and the docs), not as the
 # private module that happens to define them.
 for _obj in (
+    CertificateError,
+    CertificateStore,
+    CertificateWarning,
     ClientHello,
     EngineStateError,
     ErrorKind,
     HandshakeError,
+    Profile,
     Server,
     ServerStats,
     Operation,
@@ -48,9 +59,11 @@ for _obj in (
     current_server,
     dev_ca_path,
     dev_context,
+    load_certificate,
     open_server,
     open_tls_listeners,
     serve_tls,
+    server_context,
 ):
     _obj.__module__ = __name__
 del _obj

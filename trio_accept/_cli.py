@@ -13,7 +13,8 @@ from typing import Final
 
 import trio
 
-from ._devcerts import DEV_IDENTITIES, dev_ca_path, dev_context, state_directory
+from ._config import dev_context
+from ._devcerts import DEV_IDENTITIES, dev_ca_path, state_directory
 from ._listener import Server, current_server, open_server
 from ._stream import TLSStream
 

@@ -3,7 +3,8 @@
 A dev CA is created once per user and stored in the state directory, so a client told to
 trust it (``curl --cacert``) keeps trusting the server after a restart; the server's leaf
 certificate (``localhost``, ``127.0.0.1``, ``::1``) is issued fresh from it at each
-start. Nothing here is ever used when the user gave a certificate.
+start, into a context with the same safe settings as any other (see ``_config``).
+Nothing here is ever used when the user gave a certificate.
 
 trustme marks the subjectAltName extension critical while the subject is non-empty;
 OpenSSL, Python's ``ssl`` and curl accept that, strict RFC 5280 validators (the one in
@@ -14,7 +15,6 @@ that use such validators against dev certificates.
 from __future__ import annotations
 
 import os
-import ssl
 from pathlib import Path
 from typing import Final
 
@@ -44,17 +44,13 @@ def dev_ca_path(directory: Path | None = None) -> Path:
     return _load_or_create_ca(directory or state_directory())[1]
 
 
-def dev_context(directory: Path | None = None) -> ssl.SSLContext:
-    """A server :class:`ssl.SSLContext` with a fresh dev certificate from the dev CA.
+def dev_ca(directory: Path | None = None) -> tuple[trustme.CA, Path]:
+    """The dev CA and the path of its certificate, creating them if needed.
 
     Args:
-        directory: Where the CA lives; by default the per-user state directory,
-            ``$XDG_STATE_HOME/trio-accept`` or ``~/.local/state/trio-accept``.
+        directory: Where the CA lives; :func:`state_directory` by default.
     """
-    ca, _ = _load_or_create_ca(directory or state_directory())
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*DEV_IDENTITIES).configure_cert(context)
-    return context
+    return _load_or_create_ca(directory or state_directory())
 
 
 def _load_or_create_ca(directory: Path) -> tuple[trustme.CA, Path]:

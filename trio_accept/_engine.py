@@ -509,14 +509,43 @@ class TLSEngine:
                 f"{operation.value}() is not allowed in state {self._state.name}"
             )
 
+    def _classify_by_alert(self, result: Result) -> Result:
+        """Reclassify a failure by the fatal alert queued for the peer, if it tells more."""
+        queued = self._outgoing.read()
+        self._outgoing.write(queued)
+        if (
+            len(queued) == _PLAINTEXT_ALERT_SIZE
+            and queued[0] == _ALERT_RECORD
+            and queued[5] == _ALERT_FATAL
+        ):
+            reason = _ALERT_REASONS.get(queued[6])
+            if reason is not None:
+                return Result(result.code, result.kind, reason, error=result.error)
+        return result
+
     def _release_tickets(self) -> bytes:
         tickets, self._tickets = self._tickets, b""
         return tickets
 
     def _fail(self, operation: Operation, exc: ssl.SSLError) -> Result:
         result = _failure(exc, self._hello.head, self._state is _H)
+        if exc.reason == "CALLBACK_FAILED":
+            # A callback (SNI, most often) refused the client with an alert of its
+            # choice: that alert says why, OpenSSL's reason does not.
+            result = self._classify_by_alert(result)
         self._state = TRANSITIONS[self._state, operation][result.kind]
         return result
+
+
+# Alert descriptions (RFC 8446 §6) a callback may choose, and what they mean for us.
+_ALERT_REASONS: Final[Mapping[int, Reason]] = {
+    112: Reason.UNRECOGNIZED_NAME,  # unrecognized_name
+    120: Reason.NO_APPLICATION_PROTOCOL,  # no_application_protocol
+    40: Reason.NO_SHARED_CIPHER,  # handshake_failure
+}
+_ALERT_RECORD: Final = 21  # the record type of alerts
+_ALERT_FATAL: Final = 2  # the alert level that ends the connection
+_PLAINTEXT_ALERT_SIZE: Final = 7  # type, version (2), length (2), level, description
 
 
 def _failure(exc: ssl.SSLError, head: bytes, handshaking: bool) -> Result:

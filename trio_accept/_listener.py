@@ -41,7 +41,7 @@ from typing import Any, Final, final
 
 import trio
 
-from ._devcerts import dev_context
+from ._config import CertificateStore, dev_context
 from ._engine import Reason
 from ._errors import HandshakeError, driver_result, tls_error
 from ._handshake import (
@@ -163,7 +163,7 @@ class Server:
     def __init__(
         self,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | CertificateStore,
         handler: Handler | trio.MemorySendChannel[TLSStream],
         *,
         hello_timeout: float,
@@ -390,9 +390,10 @@ class Server:
         """Register a new connection (shedding one if needed) and start its task."""
         if len(self._handshakes) >= self._max_handshakes or self._full():
             self._evict()
-        connection = _Connection(
-            Handshake(transport, self._ssl_context, **self._handshake_options)
-        )
+        store = self._ssl_context
+        # A store is consulted for every handshake: a reload reaches new ones only.
+        context = store if isinstance(store, ssl.SSLContext) else store.context
+        connection = _Connection(Handshake(transport, context, **self._handshake_options))
         self._handshakes[connection] = None
         assert self._nursery is not None
         self._spawn(self._nursery, self._connection_task, connection)
@@ -542,7 +543,7 @@ async def open_server(
     *,
     host: str | bytes | None = None,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | CertificateStore | None = None,
     hello_timeout: float = HELLO_TIMEOUT,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
@@ -606,7 +607,7 @@ async def serve_tls(
     port: int,
     *,
     host: str | bytes | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | CertificateStore | None = None,
     hello_timeout: float = HELLO_TIMEOUT,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
@@ -637,8 +638,9 @@ async def serve_tls(
         port: TCP port; 0 picks a free one (see ``task_status``).
         host: Interface to bind; ``None`` binds every interface, IPv4 and IPv6, like
             :func:`trio.serve_tcp`.
-        ssl_context: A server :class:`ssl.SSLContext`; ``None`` uses development
-            certificates (see :func:`trio_accept.dev_ca_path`).
+        ssl_context: A server :class:`ssl.SSLContext` (see :func:`server_context`), a
+            :class:`CertificateStore` to reload certificates while serving, or ``None``
+            for development certificates (see :func:`dev_ca_path`).
         hello_timeout: Seconds for a client's complete ClientHello (see :func:`accept`).
         handshake_timeout: Seconds for the whole handshake.
         close_timeout: Seconds to deliver an alert or a close_notify.
@@ -695,8 +697,8 @@ class TLSListener(trio.abc.Listener[TLSStream]):
 
     Args:
         transport_listener: Where connections come from (a ``trio.SocketListener``).
-        ssl_context: A server :class:`ssl.SSLContext`; ``None`` uses development
-            certificates.
+        ssl_context: A server :class:`ssl.SSLContext`, a :class:`CertificateStore`, or
+            ``None`` for development certificates.
         nursery: Where to run the handshakes; ``None`` to run them in the ``async with``
             block's own nursery.
 
@@ -710,7 +712,7 @@ class TLSListener(trio.abc.Listener[TLSStream]):
     def __init__(
         self,
         transport_listener: trio.abc.Listener[trio.abc.Stream],
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | CertificateStore | None = None,
         *,
         nursery: trio.Nursery | None = None,
         hello_timeout: float = HELLO_TIMEOUT,
@@ -784,7 +786,7 @@ class TLSListener(trio.abc.Listener[TLSStream]):
 
 async def open_tls_listeners(
     port: int,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | CertificateStore | None = None,
     *,
     nursery: trio.Nursery,
     host: str | bytes | None = None,
