@@ -7,13 +7,14 @@ import logging
 import signal
 import ssl
 import sys
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from ._config import dev_context
+from ._config import CertificateError, CertificateStore, CertificateWarning, dev_context
 from ._devcerts import DEV_IDENTITIES, dev_ca_path, state_directory
 from ._listener import Server, current_server, open_server
 from ._stream import TLSStream
@@ -68,9 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path is not None and not path.is_file():
             print(f"trio-accept: {option} {path}: no such file", file=sys.stderr)
             return 2
+    warnings.simplefilter("ignore", CertificateWarning)  # logged already, once is enough
     try:
-        context, description, ca_path = _context(args.cert, args.key, args.dev_ca)
-    except (OSError, ssl.SSLError) as exc:
+        store, description, ca_path = _certificates(args.cert, args.key, args.dev_ca)
+    except (OSError, ssl.SSLError, CertificateError) as exc:
         if args.cert is not None:
             what = f"the certificate {args.cert} with the key {args.key}"
         else:
@@ -78,22 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-accept: cannot load {what}: {exc}", file=sys.stderr)
         return 2
     try:
-        return trio.run(_serve, args.host, args.port, context, description, ca_path)
+        return trio.run(_serve, args.host, args.port, store, description, ca_path)
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was in place, or after
         return 130
 
 
-def _context(
+def _certificates(
     cert: Path | None, key: Path | None, dev_ca: Path | None
-) -> tuple[ssl.SSLContext, str, Path | None]:
-    """The server context, a description of its certificate, and the dev CA if used."""
+) -> tuple[CertificateStore, str, Path | None]:
+    """The reloadable certificates, a description of them, and the dev CA if used."""
     if cert is not None and key is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        return context, f"certificate {cert}", None
+        return CertificateStore.from_files(cert, key), f"certificate {cert}", None
     ca_path = dev_ca_path(dev_ca)
     description = f"dev certificate for {', '.join(DEV_IDENTITIES)}"
-    return dev_context(dev_ca), description, ca_path
+    return CertificateStore(lambda: dev_context(dev_ca)), description, ca_path
 
 
 async def echo(stream: TLSStream) -> None:
@@ -112,9 +112,10 @@ async def echo(stream: TLSStream) -> None:
 
 
 async def _serve(
-    host: str, port: int, context: ssl.SSLContext, description: str, ca_path: Path | None
+    host: str, port: int, store: CertificateStore, description: str, ca_path: Path | None
 ) -> int:
-    """Serve until a signal: the first shuts down gracefully, a second stops at once.
+    """Serve until a signal: the first SIGINT or SIGTERM shuts down gracefully, a second
+    stops at once; SIGHUP reloads the certificates.
 
     Returns the exit status.
     """
@@ -125,12 +126,12 @@ async def _serve(
         return 2
     with (
         trio.CancelScope() as stop_now,
-        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
     ):
         async with trio.open_nursery() as nursery:
-            async with open_server(echo, listeners=listeners, ssl_context=context) as server:
+            async with open_server(echo, listeners=listeners, ssl_context=store) as server:
                 _print_banner(server, description, ca_path)
-                nursery.start_soon(_watch_signals, signals, server, stop_now)
+                nursery.start_soon(_watch_signals, signals, server, store, stop_now)
                 await server.wait_shutting_down()
             nursery.cancel_scope.cancel()  # shut down: stop watching for signals
     logger.info("stopped")
@@ -138,10 +139,17 @@ async def _serve(
 
 
 async def _watch_signals(
-    signals: AsyncIterator[int], server: Server, stop_now: trio.CancelScope
+    signals: AsyncIterator[int],
+    server: Server,
+    store: CertificateStore,
+    stop_now: trio.CancelScope,
 ) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            logger.info("SIGHUP: reloading the certificates")
+            store.reload()  # logs the outcome; a failure keeps the current certificates
+            continue
         if server.shutting_down:
             logger.warning("%s again: stopping now", name)
             stop_now.cancel()

@@ -488,6 +488,11 @@ class TLSEngine:
         return self._ssl.selected_alpn_protocol()
 
     @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        return self._ssl.session_reused
+
+    @property
     def server_name(self) -> str | None:
         """The server name (SNI) the client asked for, or ``None``."""
         hello = self._hello.hello

@@ -210,6 +210,7 @@ class Handshake:
             peer_certificate=engine.peer_certificate(),
             peer_address=self.peer_address,
             handshake_seconds=trio.current_time() - started,
+            resumed=engine.session_reused,
         )
         return TLSStream(
             transport,

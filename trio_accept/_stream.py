@@ -61,6 +61,8 @@ class TLSInfo:
             what the caller passed), or ``None`` when the transport has none.
         handshake_seconds: From the start of :func:`~trio_accept.accept` to the
             handshake's completion, on trio's clock.
+        resumed: Whether the client resumed an earlier session (a TLS 1.3 ticket or a
+            TLS 1.2 session), skipping the certificate exchange.
     """
 
     version: str
@@ -70,6 +72,7 @@ class TLSInfo:
     peer_certificate: dict[str, Any] | None
     peer_address: Any
     handshake_seconds: float
+    resumed: bool = False
 
 
 class _Status(enum.Enum):
