@@ -3,6 +3,7 @@ user runs it (a subprocess, real signals, real clients)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import shlex
@@ -437,3 +438,110 @@ async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
     assert "SIGINT again: stopping now" in log
     assert "stopped" in log
     assert "Traceback" not in log
+
+
+# -- SIGHUP reloads the certificates -------------------------------------------------------
+
+
+def write_certificate(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
+    """Replace the certificate and key files, each one atomically."""
+    for path, data in (
+        (cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems)),
+        (key, leaf.private_key_pem.bytes()),
+    ):
+        temporary = path.with_suffix(".new")
+        temporary.write_bytes(data)
+        temporary.replace(path)
+
+
+def der(leaf: trustme.LeafCert) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+
+async def reload_with_sighup(server: Serve, logged: str) -> str:
+    """Send SIGHUP and wait until the server logs the outcome of its reload (returned)."""
+    server.process.send_signal(signal.SIGHUP)
+    with trio.fail_after(PROCESS_DEADLINE):
+        return await server.stderr.read_until(lambda line: logged in line)
+
+
+async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_certificate(first, cert, key)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
+    async with serve(arguments) as server:
+        established = await trio.to_thread.run_sync(connect, server.port, client_context)
+        with established:
+            assert established.getpeercert(binary_form=True) == der(first)
+
+            write_certificate(second, cert, key)
+            await reload_with_sighup(server, "certificates reloaded")
+            echoed, certificate = await trio.to_thread.run_sync(
+                echo_once, server.port, client_context
+            )
+            assert echoed == b"hello\n"
+            assert certificate == der(second)
+            # A connection made before the reload goes on.
+            assert await trio.to_thread.run_sync(echo_line, established, b"still\n") == (
+                b"still\n"
+            )
+        status, log = await server.stop()
+    assert status == 0
+    assert "SIGHUP: reloading the certificates" in log
+    assert "Traceback" not in log
+
+
+async def test_sighup_with_a_broken_certificate_keeps_the_old_one(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    first = ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_certificate(first, cert, key)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
+    async with serve(arguments) as server:
+        cert.write_text("not a certificate\n")
+        failure = await reload_with_sighup(
+            server, "certificate reload failed, keeping the current one"
+        )
+        assert str(cert) in failure
+        assert "no PEM certificate" in failure
+        assert server.process.returncode is None
+        echoed, certificate = await trio.to_thread.run_sync(echo_once, server.port, client_context)
+        assert echoed == b"hello\n"
+        assert certificate == der(first)
+        # Fixed, and another SIGHUP: the server takes the new certificate.
+        second = ca.issue_cert("localhost")
+        write_certificate(second, cert, key)
+        await reload_with_sighup(server, "certificates reloaded")
+        _, certificate = await trio.to_thread.run_sync(echo_once, server.port, client_context)
+        assert certificate == der(second)
+        status, log = await server.stop()
+    assert status == 0
+    assert "Traceback" not in log
+
+
+async def test_sighup_with_an_expired_certificate_reports_it_once(tmp_path: Path) -> None:
+    # The command ignores CertificateWarning (the log line says it already); a reload
+    # must obey that too, not print a Python warning next to the log line.
+    ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    late = ca.issue_cert(
+        "localhost",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_certificate(ca.issue_cert("localhost"), cert, key)
+    arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
+    async with serve(arguments) as server:
+        write_certificate(late, cert, key)
+        await reload_with_sighup(server, "certificates reloaded")  # loaded all the same
+        status, log = await server.stop()
+    assert status == 0
+    assert log.count("the certificate expired on") == 1
+    assert "CertificateWarning" not in log

@@ -134,8 +134,10 @@ def server_context(
             never an interactive prompt on the server's terminal.
         profile: ``"intermediate"`` (TLS 1.2 and 1.3, the default) or ``"modern"``
             (TLS 1.3 only); see :data:`PROFILES`.
-        group: The key-exchange group; by default the profile's (X25519). ``None``
-            keeps OpenSSL's list. See :data:`PROFILES` for the trade-off.
+        group: The key-exchange group; by default the profile's (X25519), except
+            with ``client_ca`` on a profile that allows TLS 1.2, where it is OpenSSL's
+            list (TLS 1.2 checks ECDSA client certificates' curves against it).
+            ``None`` keeps OpenSSL's list. See :data:`PROFILES` for the trade-off.
         alpn: The ALPN protocols the server speaks, most preferred first. A client
             that offers ALPN but none of these continues without ALPN
             (``stream.info.alpn_protocol`` is ``None``): decide in the handler.
@@ -168,6 +170,11 @@ def server_context(
         raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}") from None
     if group == _USE_PROFILE:
         group = chosen.group
+        if client_ca is not None and chosen.minimum_version <= ssl.TLSVersion.TLSv1_2:
+            # TLS 1.2 checks an ECDSA client certificate's curve against our group
+            # list: with X25519 alone, every P-256 client certificate would be refused
+            # (WRONG_CURVE). With mTLS on TLS 1.2, OpenSSL's list is the one that works.
+            group = None
     if session_tickets < 0:
         raise ValueError(f"session_tickets must be >= 0, got {session_tickets!r}")
     if require_client_cert and client_ca is None:
@@ -262,7 +269,7 @@ def load_certificate(
             certfile, keyfile, password if password is not None else no_password
         )
     except ssl.SSLError as exc:
-        raise _key_error(certfile, keyfile, exc) from exc
+        raise _key_error(certfile, keyfile, exc, encrypted=_is_encrypted(keyfile)) from exc
 
 
 def _read_chain(certfile: StrPath) -> list[x509.Certificate]:
@@ -307,7 +314,18 @@ def _check_validity(certfile: StrPath, leaf: x509.Certificate) -> None:
         warnings.warn(message, CertificateWarning, stacklevel=4)
 
 
-def _key_error(certfile: StrPath, keyfile: StrPath, exc: ssl.SSLError) -> CertificateError:
+def _is_encrypted(keyfile: StrPath) -> bool:
+    """Whether the key file holds an encrypted PEM key (PKCS#8 or OpenSSL's own form)."""
+    try:
+        data = Path(keyfile).read_bytes()
+    except OSError:
+        return False
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def _key_error(
+    certfile: StrPath, keyfile: StrPath, exc: ssl.SSLError, *, encrypted: bool
+) -> CertificateError:
     reason = exc.reason or ""
     cert, key = os.fspath(certfile), os.fspath(keyfile)
     if reason == "KEY_VALUES_MISMATCH":
@@ -315,7 +333,13 @@ def _key_error(certfile: StrPath, keyfile: StrPath, exc: ssl.SSLError) -> Certif
             f"{key}: this private key does not belong to the certificate in {cert}; "
             "use the key the certificate was issued for"
         )
-    if reason in {"BAD_DECRYPT", "BAD_PASSWORD_READ"} or "decrypt" in str(exc).lower():
+    # A wrong password surfaces as a bare "PEM lib" error (OpenSSL 3 keeps BAD_DECRYPT
+    # deeper in its error queue, where Python does not look): go by the file instead.
+    if (
+        encrypted
+        or reason in {"BAD_DECRYPT", "BAD_PASSWORD_READ"}
+        or "decrypt" in str(exc).lower()
+    ):
         return CertificateError(f"{key}: cannot decrypt the private key; check its password")
     return CertificateError(f"{key}: no usable private key for {cert} ({exc})")
 
@@ -420,8 +444,9 @@ class CertificateStore:
     ) -> None:
         self._factory = factory
         self._files = [Path(path) for path in files]
-        self._context = factory()
+        # Stamps first: a file that changes while the factory reads it is reloaded again.
         self._stamps = self._file_stamps()
+        self._context = factory()
         #: Successful reloads so far.
         self.reloads: int = 0
         #: Why the last reload failed (``None`` after a successful one).
@@ -468,9 +493,14 @@ class CertificateStore:
         Returns:
             Whether the new context is in use.
         """
+        # Stamps before reading: a file that changes while the factory reads it must
+        # look changed to watch(), or its final version is never loaded.
+        self._stamps = self._file_stamps()
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("always", CertificateWarning)
+                # Warn at every reload, not once per process -- but after the
+                # application's own filters ("ignore", "error"), which still apply.
+                warnings.simplefilter("always", CertificateWarning, append=True)
                 context = self._factory()
         except Exception as exc:  # a reload must never take the server down
             self.last_error = exc
@@ -478,8 +508,6 @@ class CertificateStore:
                 "certificate reload failed, keeping the current one: %s", exc
             )
             return False
-        finally:
-            self._stamps = self._file_stamps()
         self._context = context
         self.reloads += 1
         self.last_error = None
