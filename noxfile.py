@@ -82,3 +82,11 @@ def docs(session: nox.Session) -> None:
             "docs",
             f"docs/_build/{builder}",
         )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against other TLS servers (not run by default): ``nox -s bench -- --quick``."""
+    session.install("-e", ".[bench]")
+    ensure_debian_packages(session, "openssl")
+    session.run("python", "bench/run.py", *session.posargs)
