@@ -44,6 +44,9 @@ nitpick_ignore_regex = [
         r"|OSError|EOFError|NotImplementedError)",
     ),
 ]
+# Type aliases that autodoc prints by name but that have no page of their own (their
+# definitions are in the API reference's prose).
+nitpick_ignore = [("py:class", "StrPath"), ("py:class", "SNICertificate")]
 nitpicky = True
 
 napoleon_google_docstring = True

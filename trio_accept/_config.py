@@ -54,7 +54,7 @@ class Profile:
         minimum_version: The oldest TLS version accepted.
         ciphers: The TLS 1.2 cipher suites, in OpenSSL's notation (``None``: TLS 1.3
             only, whose suites OpenSSL's defaults already match).
-        group: The one key-exchange group Python 3.11 lets us set (see the module doc).
+        group: The one key-exchange group Python 3.11 lets us set (see :data:`PROFILES`).
     """
 
     name: str
