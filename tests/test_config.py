@@ -591,6 +591,21 @@ async def test_encrypted_key_with_its_password(
     assert seen.certificate == der_of(leaf)
 
 
+async def test_encrypted_sni_key_with_its_password(
+    encrypted_pair: tuple[Path, Path, trustme.LeafCert], ca: trustme.CA, tmp_path: Path
+) -> None:
+    cert, key, leaf = encrypted_pair  # issued for DEFAULT_NAME
+    default_cert, default_key = write_pair(ca.issue_cert("default.example"), tmp_path, "default")
+    context = trio_accept.server_context(
+        default_cert, default_key, sni={DEFAULT_NAME: (cert, key, "s3cret")}
+    )
+    async with running(context) as server:
+        seen = await trio.to_thread.run_sync(exchange, server.port, trusting(ca))
+    assert seen.certificate == der_of(leaf)
+    with pytest.raises(CertificateError, match="password"):
+        trio_accept.server_context(default_cert, default_key, sni={DEFAULT_NAME: (cert, key)})
+
+
 def test_encrypted_key_without_a_password(
     encrypted_pair: tuple[Path, Path, trustme.LeafCert],
 ) -> None:

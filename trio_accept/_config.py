@@ -101,8 +101,9 @@ SESSION_TICKETS: Final = 2
 _USE_PROFILE: Final = "profile"
 
 #: What the ``sni`` argument maps a server name to: a certificate file with its key
-#: inside, or a ``(certificate, key)`` pair.
-SNICertificate = StrPath | tuple[StrPath, StrPath]
+#: inside, a ``(certificate, key)`` pair, or ``(certificate, key, password)`` for an
+#: encrypted key.
+SNICertificate = StrPath | tuple[StrPath, StrPath] | tuple[StrPath, StrPath, str | bytes]
 
 
 def server_context(
@@ -199,9 +200,7 @@ def server_context(
 
     context = build(certfile, keyfile, password)
     if sni or strict_sni:
-        by_name = {
-            name.lower(): build(*_cert_and_key(entry), None) for name, entry in (sni or {}).items()
-        }
+        by_name = {name.lower(): build(*_sni_entry(entry)) for name, entry in (sni or {}).items()}
         default_names: set[str] = (
             _names_of(certfile) if certfile is not None else set[str](DEV_IDENTITIES)
         )
@@ -230,10 +229,13 @@ def _base_context(
     return context
 
 
-def _cert_and_key(entry: SNICertificate) -> tuple[StrPath, StrPath | None]:
+def _sni_entry(entry: SNICertificate) -> tuple[StrPath, StrPath | None, str | bytes | None]:
+    """``(certificate, key, password)`` from an ``sni`` value."""
     if isinstance(entry, tuple):
-        return entry
-    return entry, None
+        if len(entry) == 3:  # noqa: PLR2004 -- (certificate, key, password)
+            return entry
+        return entry[0], entry[1], None
+    return entry, None, None
 
 
 def load_certificate(
@@ -469,7 +471,8 @@ class CertificateStore:
         files: list[StrPath] = [certfile]
         files += [path for path in (keyfile, client_ca) if path is not None]
         for entry in (sni or {}).values():
-            files += [path for path in _cert_and_key(entry) if path is not None]
+            certificate, key, _ = _sni_entry(entry)
+            files += [path for path in (certificate, key) if path is not None]
 
         def factory() -> ssl.SSLContext:
             return server_context(
