@@ -49,6 +49,7 @@ class TLSError(trio.BrokenResourceError):
         kind: ``SSL_get_error``'s answer, an :class:`~trio_accept.ErrorKind`.
         reason: A short machine-readable :class:`~trio_accept.Reason` (a ``str``).
         peer_address: The client's address, when known.
+        server_name: The server name (SNI) the client asked for, when it got that far.
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class TLSError(trio.BrokenResourceError):
         kind: ErrorKind,
         reason: Reason,
         peer_address: Any = None,
+        server_name: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
-        self.kind = kind
-        self.reason = reason
-        self.peer_address = peer_address
+        self.code: int = code
+        self.kind: ErrorKind = kind
+        self.reason: Reason = reason
+        self.peer_address: Any = peer_address
+        self.server_name: str | None = server_name
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -89,6 +92,7 @@ def tls_error(
     *,
     handshake: bool,
     peer_address: Any = None,
+    server_name: str | None = None,
     detail: str | None = None,
 ) -> TLSError:
     """Build the exception for a failed result (or a driver-level one) -- the only place
@@ -108,6 +112,7 @@ def tls_error(
         kind=result.kind,
         reason=result.reason,
         peer_address=peer_address,
+        server_name=server_name,
     )
 
 

@@ -196,7 +196,11 @@ class Handshake:
                 if result.reason is Reason.TIMEOUT:
                     detail = _timeout_detail(engine, self._hello_timeout, self._handshake_timeout)
                 error = tls_error(
-                    result, handshake=True, peer_address=self.peer_address, detail=detail
+                    result,
+                    handshake=True,
+                    peer_address=self.peer_address,
+                    server_name=engine.server_name,
+                    detail=detail,
                 )
                 raise error from (cause or result.error)
         except BaseException:

@@ -145,6 +145,8 @@ class TLSStream(trio.abc.Stream):
         "_send_lock",
         "_status",
         "_tolerate_ragged_eof",
+        "bytes_received",
+        "bytes_sent",
         "info",
         "last_activity",
         "transport_stream",
@@ -166,6 +168,9 @@ class TLSStream(trio.abc.Stream):
         self._close_timeout = close_timeout
         self._status = _Status.OPEN
         self._ragged_eof = False
+        #: Application bytes received and sent so far (decrypted, not counting TLS).
+        self.bytes_received: int = 0
+        self.bytes_sent: int = 0
         #: When bytes last moved on the transport, either way (trio's clock); a listener
         #: uses it to close idle connections.
         self.last_activity: float = trio.current_time()
@@ -266,6 +271,7 @@ class TLSStream(trio.abc.Stream):
                     ) from result.error
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            self.bytes_received += len(result.data)
             return result.data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -293,6 +299,7 @@ class TLSStream(trio.abc.Stream):
                     result, handshake=False, peer_address=self.info.peer_address
                 ) from result.error
             await self._send(self._engine.data_to_send())
+            self.bytes_sent += len(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""

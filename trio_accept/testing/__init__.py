@@ -1,0 +1,29 @@
+"""Test helpers for TLS *clients*: real TLS servers on loopback, and a pytest plugin.
+
+The pytest plugin (``trio_accept.testing.plugin``, loaded automatically once trio-accept
+is installed) provides the ``tls_``-prefixed fixtures; the names here are what they are
+built from, for use without pytest.
+"""
+
+from ._handlers import echo as echo
+from ._handlers import http_responder as http_responder
+from ._server import ConnectionRecord as ConnectionRecord
+from ._server import Recorder as Recorder
+from ._server import ServeFunction as ServeFunction
+from ._server import TLSTestServer as TLSTestServer
+from ._server import TrioTLSTestServer as TrioTLSTestServer
+from ._server import open_trio_test_server as open_trio_test_server
+from ._server import tls_serve_function as tls_serve_function
+
+for _obj in (
+    ConnectionRecord,
+    Recorder,
+    TLSTestServer,
+    TrioTLSTestServer,
+    echo,
+    http_responder,
+    open_trio_test_server,
+    tls_serve_function,
+):
+    _obj.__module__ = __name__
+del _obj
