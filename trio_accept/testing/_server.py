@@ -300,7 +300,7 @@ class TrioTLSTestServer(_Endpoint):
 
     # The timeout is the thread's: the wait happens in a worker thread, which a Trio
     # cancellation cannot interrupt (the same signature as TLSTestServer's).
-    async def wait_for_connection(  # noqa: ASYNC109
+    async def wait_for_connection(
         self, timeout: float = WAIT_TIMEOUT
     ) -> ConnectionRecord:
         """The next connection record not returned before, waiting for it if needed.
