@@ -301,7 +301,8 @@ class TrioTLSTestServer(_Endpoint):
     # The timeout is the thread's: the wait happens in a worker thread, which a Trio
     # cancellation cannot interrupt (the same signature as TLSTestServer's).
     async def wait_for_connection(
-        self, timeout: float = WAIT_TIMEOUT
+        self,
+        timeout: float = WAIT_TIMEOUT,  # noqa: ASYNC109
     ) -> ConnectionRecord:
         """The next connection record not returned before, waiting for it if needed.
 
