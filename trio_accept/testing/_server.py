@@ -185,9 +185,17 @@ def tls_serve_function(
 class _Endpoint:
     """What both kinds of test server tell a client: where, and whom to trust."""
 
-    def __init__(self, ca: trustme.CA, ca_path: Path, server_name: str) -> None:
+    def __init__(
+        self,
+        ca: trustme.CA,
+        ca_path: Path,
+        server_name: str,
+        client_cert: trustme.LeafCert | None = None,
+    ) -> None:
         #: The CA a correct client is told to trust.
         self.ca: trustme.CA = ca
+        #: A client certificate the server accepts, for servers that ask for one.
+        self.client_cert: trustme.LeafCert | None = client_cert
         #: That CA as a PEM file (for ``curl --cacert``, ``requests(verify=...)``, httpx).
         self.ca_path: Path = ca_path
         #: Always the loopback address: the server listens there only.
@@ -229,8 +237,9 @@ class TLSTestServer(_Endpoint):
         ca: trustme.CA,
         ca_path: Path,
         server_name: str = "localhost",
+        client_cert: trustme.LeafCert | None = None,
     ) -> None:
-        super().__init__(ca, ca_path, server_name)
+        super().__init__(ca, ca_path, server_name, client_cert)
         self._serve = serve
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -315,10 +324,15 @@ class TrioTLSTestServer(_Endpoint):
 
 @asynccontextmanager
 async def open_trio_test_server(
-    serve: ServeFunction, *, ca: trustme.CA, ca_path: Path, server_name: str = "localhost"
+    serve: ServeFunction,
+    *,
+    ca: trustme.CA,
+    ca_path: Path,
+    server_name: str = "localhost",
+    client_cert: trustme.LeafCert | None = None,
 ) -> AsyncGenerator[TrioTLSTestServer]:
     """Run a test server in this Trio run, for the duration of the block."""
-    server = TrioTLSTestServer(ca, ca_path, server_name)
+    server = TrioTLSTestServer(ca, ca_path, server_name, client_cert)
     async with trio.open_nursery() as nursery:
         server.port = await nursery.start(serve, server.recorder)
         yield server
