@@ -298,7 +298,8 @@ class TLSTestServer(_Endpoint):
         with trio.CancelScope() as scope:
             self._scope = scope
             async with trio.open_nursery() as nursery:
-                self.port = await nursery.start(self._serve, self.recorder)
+                port: int = await nursery.start(self._serve, self.recorder)
+                self.port = port
                 self._ready.set()
 
 
@@ -334,6 +335,7 @@ async def open_trio_test_server(
     """Run a test server in this Trio run, for the duration of the block."""
     server = TrioTLSTestServer(ca, ca_path, server_name, client_cert)
     async with trio.open_nursery() as nursery:
-        server.port = await nursery.start(serve, server.recorder)
+        port: int = await nursery.start(serve, server.recorder)
+        server.port = port
         yield server
         nursery.cancel_scope.cancel()
