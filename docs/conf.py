@@ -30,6 +30,7 @@ extensions = [
     "sphinxcontrib_trio",
     "reexported",
     "statediagram",
+    "scenariotable",
 ]
 
 # The docs are built offline (CI has no network), so there is no intersphinx:

@@ -545,3 +545,62 @@ async def test_sighup_with_an_expired_certificate_reports_it_once(tmp_path: Path
     assert status == 0
     assert log.count("the certificate expired on") == 1
     assert "CertificateWarning" not in log
+
+
+# -- trio-accept scenario ------------------------------------------------------------------
+
+
+def test_scenario_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("expired\n")
+    assert "  expected: Python ssl raises ssl.SSLCertVerificationError (verify_code 10" in out
+    assert "\nplain-http\n" in out
+
+
+def test_scenario_unknown_or_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario 'nope'" in err
+    assert "expired" in err
+    assert main(["scenario"]) == 2
+    assert "give a NAME" in capsys.readouterr().err
+
+
+async def test_scenario_runs_until_sigterm(tmp_path: Path) -> None:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_accept", "scenario", "expired", "--dev-ca", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        stdout, stderr = LineReader(process.stdout), LineReader(process.stderr)
+        with trio.fail_after(PROCESS_DEADLINE):
+            first = await stdout.read_until(lambda line: line.startswith("trio-accept:"))
+            await stdout.read_until(lambda line: line.strip().startswith("try it:"))
+        match = re.fullmatch(r"trio-accept: scenario expired on https://localhost:(\d+)/", first)
+        assert match is not None
+        port = int(match.group(1))
+        banner = "\n".join(stdout.lines)
+        assert f"  CA: {tmp_path / 'dev-ca.pem'}" in banner
+        assert "  expected: Python ssl raises ssl.SSLCertVerificationError" in banner
+
+        def handshake() -> None:
+            with connect(port, trusting(tmp_path / "dev-ca.pem")):
+                pass  # pragma: no cover - refused
+
+        with pytest.raises(ssl.SSLCertVerificationError) as info:
+            await trio.to_thread.run_sync(handshake)
+        assert info.value.verify_code == 10
+
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROCESS_DEADLINE):
+            assert await process.wait() == 0
+            log = await stderr.read_all()
+        assert "SIGTERM: stopping" in log
+        assert "Traceback" not in log
+    finally:
+        await reap(process)

@@ -7,15 +7,17 @@ import logging
 import signal
 import ssl
 import sys
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
 import trio
+import trustme
 
 from ._config import CertificateError, CertificateStore, CertificateWarning, dev_context
-from ._devcerts import DEV_IDENTITIES, dev_ca_path, state_directory
+from ._devcerts import DEV_IDENTITIES, dev_ca, dev_ca_path, state_directory
 from ._listener import Server, current_server, open_server
 from ._stream import TLSStream
 
@@ -55,12 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"directory of the development CA (default: {state_directory()})",
     )
+    scenario = commands.add_parser(
+        "scenario",
+        help="run a misbehaving TLS server from the scenario catalogue",
+        description="Run one scenario of the catalogue of misbehaving TLS servers (an "
+        "expired certificate, a stalling server, ...) on 127.0.0.1 and an ephemeral port, "
+        "until Ctrl-C or SIGTERM. The certificates come from the development CA.",
+    )
+    scenario.add_argument("name", nargs="?", metavar="NAME", help="the scenario to run")
+    scenario.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    scenario.add_argument(
+        "--dev-ca",
+        "--ca-dir",
+        dest="dev_ca",
+        type=Path,
+        metavar="DIR",
+        help=f"directory of the development CA (default: {state_directory()})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-accept``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "scenario":
+        return _scenario_command(args.name, list_them=args.list, dev_ca_directory=args.dev_ca)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if (args.cert is None) != (args.key is None):
         print("trio-accept: --cert and --key go together", file=sys.stderr)
@@ -174,3 +195,59 @@ def _print_banner(server: Server, description: str, ca_path: Path | None) -> Non
             f"    curl --http0.9 --max-time 1 --cacert {ca_path} https://localhost:{port}/",
             flush=True,
         )
+
+
+# -- trio-accept scenario ----------------------------------------------------------------
+
+
+def _scenario_command(name: str | None, *, list_them: bool, dev_ca_directory: Path | None) -> int:
+    """``trio-accept scenario``: list the catalogue, or run one scenario."""
+    from .testing._scenarios import SCENARIOS, get_scenario  # noqa: PLC0415 - only here
+
+    if list_them:
+        for scenario in SCENARIOS.values():
+            print(f"{scenario.name}\n  {scenario.description}\n  expected: {scenario.expected}")
+        return 0
+    if name is None:
+        print("trio-accept scenario: give a NAME (or --list)", file=sys.stderr)
+        return 2
+    try:
+        get_scenario(name)
+    except ValueError as exc:
+        print(f"trio-accept scenario: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ca, ca_path = dev_ca(dev_ca_directory)
+    except (OSError, ValueError) as exc:
+        where = dev_ca_directory or state_directory()
+        print(f"trio-accept: cannot load the dev CA in {where}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="trio-accept-scenario-") as directory:
+            return trio.run(_run_scenario, name, ca, ca_path, Path(directory))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
+        return 130
+
+
+async def _run_scenario(name: str, ca: trustme.CA, ca_path: Path, directory: Path) -> int:
+    from .testing._scenarios import get_scenario, open_trio_scenario  # noqa: PLC0415
+
+    scenario = get_scenario(name)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_trio_scenario(name, ca=ca, ca_path=ca_path, directory=directory) as server:
+            print(f"trio-accept: scenario {name} on {server.url}", flush=True)
+            print(f"  serving on: {server.host}:{server.port}", flush=True)
+            print(f"  CA: {ca_path}", flush=True)
+            if server.client_cert is not None:
+                cert_path, key_path = directory / "client.pem", directory / "client-key.pem"
+                server.client_cert.cert_chain_pems[0].write_to_path(str(cert_path))
+                server.client_cert.private_key_pem.write_to_path(str(key_path))
+                print(f"  client certificate: {cert_path}", flush=True)
+                print(f"  client key: {key_path}", flush=True)
+            print(f"  server: {scenario.description}", flush=True)
+            print(f"  expected: {scenario.expected}", flush=True)
+            print(f"  try it: curl --cacert {ca_path} {server.url}", flush=True)
+            async for signum in signals:
+                print(f"trio-accept: {signal.Signals(signum).name}: stopping", file=sys.stderr)
+                break
+    return 0

@@ -7,6 +7,14 @@ built from, for use without pytest.
 
 from ._handlers import echo as echo
 from ._handlers import http_responder as http_responder
+from ._scenarios import SCENARIOS as SCENARIOS
+from ._scenarios import Scenario as Scenario
+from ._scenarios import ScenarioContext as ScenarioContext
+from ._scenarios import ScenarioSetup as ScenarioSetup
+from ._scenarios import get_scenario as get_scenario
+from ._scenarios import open_trio_scenario as open_trio_scenario
+from ._scenarios import register_scenario as register_scenario
+from ._scenarios import start_scenario as start_scenario
 from ._server import ConnectionRecord as ConnectionRecord
 from ._server import Recorder as Recorder
 from ._server import ServeFunction as ServeFunction
@@ -18,10 +26,17 @@ from ._server import tls_serve_function as tls_serve_function
 for _obj in (
     ConnectionRecord,
     Recorder,
+    Scenario,
+    ScenarioContext,
+    ScenarioSetup,
     TLSTestServer,
     TrioTLSTestServer,
     echo,
+    get_scenario,
     http_responder,
+    open_trio_scenario,
+    register_scenario,
+    start_scenario,
     open_trio_test_server,
     tls_serve_function,
 ):

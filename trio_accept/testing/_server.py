@@ -259,6 +259,11 @@ class TLSTestServer(_Endpoint):
             raise RuntimeError("the test server failed to start") from self._error
         return self
 
+    @property
+    def running(self) -> bool:
+        """Whether the server's thread is running (started and not yet closed)."""
+        return self._thread.is_alive()
+
     def wait_for_connection(self, timeout: float = WAIT_TIMEOUT) -> ConnectionRecord:
         """The next connection record not returned before, waiting for it if needed.
 
