@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import MALFORMED, Malformed, receive_until_eof
-from trio.testing import memory_stream_pair, wait_all_tasks_blocked
+from trio.testing import lockstep_stream_pair, memory_stream_pair, wait_all_tasks_blocked
 
 from trio_accept import (
     HandshakeError,
@@ -64,6 +64,12 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     async def connect(self) -> trio.abc.HalfCloseableStream:
         """A new connection's client end; raises BrokenResourceError once closed."""
         client, server = memory_stream_pair()
+        await self._send.send(server)
+        return client
+
+    async def connect_lockstep(self) -> trio.abc.Stream:
+        """Like :meth:`connect`, over a lockstep pair: sends wait for the other side."""
+        client, server = lockstep_stream_pair()
         await self._send.send(server)
         return client
 
@@ -618,6 +624,30 @@ async def test_garbage_is_classified_and_counted(
         assert answer.startswith(b"HTTP/1.1 400 ")
     else:
         assert answer == case.alert
+
+
+async def test_a_failure_still_flushing_its_alert_at_shutdown_keeps_its_reason(
+    server_context: ssl.SSLContext,
+) -> None:
+    # Over a lockstep transport the server's alert waits until the client reads, and this
+    # client never does: the shutdown lands while the handshake, already failed, is still
+    # telling the client why. The failure is counted for what it was, not as "shutdown".
+    listener = MemoryListener()
+    hook = HookLog()
+    async with open_server(
+        echo,
+        listeners=[listener],
+        ssl_context=server_context,
+        on_handshake_error=hook,
+        close_timeout=600,  # only the shutdown ends the flush
+    ) as server:
+        client = await listener.connect_lockstep()
+        await client.send_all(b"\x16\x03\x01\x00\x10" + b"A" * 16)  # a record of garbage
+        await trio.testing.wait_all_tasks_blocked()  # the alert is waiting for the client
+        await server.shutdown(grace=0)
+        assert server.stats.failed == {Reason.PROTOCOL_ERROR: 1}
+    assert hook.reasons == [Reason.PROTOCOL_ERROR]
+    await client.aclose()
 
 
 async def raw_tcp_socket(port: int) -> trio.socket.SocketType:

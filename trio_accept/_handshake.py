@@ -30,7 +30,7 @@ from typing import Any, Final, final
 import trio
 
 from ._engine import ErrorKind, Reason, Result, TLSEngine
-from ._errors import driver_result, tls_error
+from ._errors import HandshakeError, driver_result, tls_error
 from ._stream import RECEIVE_SIZE, TLSInfo, TLSStream
 
 #: Default for ``hello_timeout``: a real client sends its ClientHello within one round
@@ -136,6 +136,7 @@ class Handshake:
         "_hello_timeout",
         "_plain_http_response",
         "_tolerate_ragged_eof",
+        "failure",
         "peer_address",
         "started_at",
         "transport_stream",
@@ -166,6 +167,8 @@ class Handshake:
         self.peer_address: Any = peer_address
         #: When the handshake started, on trio's clock.
         self.started_at: float = trio.current_time()
+        #: Why the handshake failed, once it has (set before the client is told).
+        self.failure: HandshakeError | None = None
         self._engine = TLSEngine(ssl_context)
         self._hello_timeout = hello_timeout
         self._handshake_timeout = handshake_timeout
@@ -191,7 +194,6 @@ class Handshake:
                 deadline=started + self._handshake_timeout,
             )
             if result.kind is not ErrorKind.NONE:
-                await self._tell_client(result)
                 detail = None
                 if result.reason is Reason.TIMEOUT:
                     detail = _timeout_detail(engine, self._hello_timeout, self._handshake_timeout)
@@ -202,6 +204,11 @@ class Handshake:
                     server_name=engine.server_name,
                     detail=detail,
                 )
+                assert isinstance(error, HandshakeError)
+                # Known before the client is told: if telling it is cancelled (a shutdown),
+                # whoever cancelled can still see why the handshake had failed.
+                self.failure = error
+                await self._tell_client(result)
                 raise error from (cause or result.error)
         except BaseException:
             await trio.aclose_forcefully(transport)

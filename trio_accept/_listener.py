@@ -467,15 +467,18 @@ class Server:
             return None
         finally:
             self._handshakes.pop(connection, None)
-        if stream is None:  # shed: evicted or shut down
-            reason = connection.stop_reason or Reason.SHUTDOWN
-            shed = tls_error(
-                driver_result(reason),
-                handshake=True,
-                peer_address=connection.handshake.peer_address,
-            )
-            assert isinstance(shed, HandshakeError)
-            self._record_failure(shed)
+        if stream is None:  # shed (evicted, shut down) -- unless it had failed already
+            failure = connection.handshake.failure
+            if failure is None:
+                reason = connection.stop_reason or Reason.SHUTDOWN
+                shed = tls_error(
+                    driver_result(reason),
+                    handshake=True,
+                    peer_address=connection.handshake.peer_address,
+                )
+                assert isinstance(shed, HandshakeError)
+                failure = shed
+            self._record_failure(failure)
             return None
         self._completed += 1
         connection.scope = trio.CancelScope()  # a fresh one for the handler
