@@ -52,8 +52,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .._clienthello import ClientHello, ClientHelloReader, HelloStatus
 from .._config import server_context
 from .._engine import ErrorKind, Reason
-from .._errors import HandshakeError
-from .._listener import open_server
 from .._stream import TLSStream
 from ._handlers import http_responder
 from ._server import (
@@ -719,31 +717,9 @@ class _DripListener(trio.abc.Listener[trio.abc.Stream]):
 )
 def _slow_drip(context: ScenarioContext) -> ScenarioSetup:
     ssl_context = _context(*_valid_identity(context, "slow-drip"))
-
-    async def serve(recorder: Recorder, task_status: trio.TaskStatus[int]) -> None:
-        # Not tls_serve_function: it takes the port from the server's TCP listeners,
-        # and this one is wrapped.
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-
-        async def recording_handler(stream: TLSStream) -> None:
-            try:
-                await http_responder(stream)
-            finally:
-                recorder.add(ConnectionRecord.from_stream(stream))
-
-        def record_failure(error: HandshakeError) -> None:
-            recorder.add(ConnectionRecord.from_error(error))
-
-        async with open_server(
-            recording_handler,
-            listeners=[_DripListener(listener)],
-            ssl_context=ssl_context,
-            on_handshake_error=record_failure,
-        ):
-            task_status.started(listener.socket.getsockname()[1])
-            await trio.sleep_forever()
-
-    return ScenarioSetup(serve)
+    return ScenarioSetup(
+        tls_serve_function(http_responder, ssl_context, wrap_listener=_DripListener)
+    )
 
 
 @register_scenario(

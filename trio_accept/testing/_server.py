@@ -151,11 +151,21 @@ ServeFunction = Callable[[Recorder, trio.TaskStatus[int]], Awaitable[None]]
 
 
 def tls_serve_function(
-    handler: Handler = echo, ssl_context: ssl.SSLContext | None = None, **options: Any
+    handler: Handler = echo,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    wrap_listener: Callable[[trio.SocketListener], trio.abc.Listener[trio.abc.Stream]]
+    | None = None,
+    **options: Any,
 ) -> ServeFunction:
     """A serve function running a trio_accept server that records every connection.
 
-    ``options`` are :func:`trio_accept.open_server`'s keyword arguments.
+    Args:
+        handler: What the server does with each established connection.
+        ssl_context: The server's context; ``None`` for development certificates.
+        wrap_listener: Wraps the TCP listener, for servers that must alter their
+            transport (a scenario that trickles its bytes out, say).
+        options: :func:`trio_accept.open_server`'s other keyword arguments.
     """
 
     async def serve(recorder: Recorder, task_status: trio.TaskStatus[int]) -> None:
@@ -168,15 +178,17 @@ def tls_serve_function(
         def record_failure(error: HandshakeError) -> None:
             recorder.add(ConnectionRecord.from_error(error))
 
+        (tcp_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port: int = tcp_listener.socket.getsockname()[1]
+        listener = wrap_listener(tcp_listener) if wrap_listener else tcp_listener
         async with open_server(
             recording_handler,
-            0,
-            host="127.0.0.1",
+            listeners=[listener],
             ssl_context=ssl_context,
             on_handshake_error=record_failure,
             **options,
-        ) as server:
-            task_status.started(server.addresses[0][1])
+        ):
+            task_status.started(port)
             await trio.sleep_forever()
 
     return serve
