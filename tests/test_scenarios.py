@@ -20,10 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from trio_accept._engine import ErrorKind, Reason
 from trio_accept.testing import TLSTestServer, tls_serve_function
+from trio_accept.testing._catalogue import DRIP_DELAY, LEGACY_TLS_AVAILABLE, PLAIN_HTTP_ANSWER
 from trio_accept.testing._scenarios import (
-    DRIP_DELAY,
-    LEGACY_TLS_AVAILABLE,
-    PLAIN_HTTP_ANSWER,
     SCENARIOS,
     ScenarioContext,
     ScenarioSetup,

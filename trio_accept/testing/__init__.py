@@ -23,6 +23,9 @@ from ._server import TrioTLSTestServer as TrioTLSTestServer
 from ._server import open_trio_test_server as open_trio_test_server
 from ._server import tls_serve_function as tls_serve_function
 
+# The built-in scenarios register themselves (after the registry above exists).
+from . import _catalogue as _catalogue  # isort: skip
+
 for _obj in (
     ConnectionRecord,
     Recorder,
