@@ -23,13 +23,13 @@ from ._errors import TLSError as TLSError
 from ._handshake import accept as accept
 from ._listener import Server as Server
 from ._listener import ServerStats as ServerStats
-from ._listener import TLSListener as TLSListener
 from ._listener import current_server as current_server
 from ._listener import open_server as open_server
-from ._listener import open_tls_listeners as open_tls_listeners
 from ._listener import serve_tls as serve_tls
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
+from ._tlslistener import TLSListener as TLSListener
+from ._tlslistener import open_tls_listeners as open_tls_listeners
 
 __version__ = "0.1.0.dev0"
 
