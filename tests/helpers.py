@@ -5,13 +5,18 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 import trio_accept
 from trio_accept import ErrorKind, Reason
 from trio_accept._handshake import CLOSE_TIMEOUT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import trustme
 
 #: A factory of two connected transport streams: memory_stream_pair or lockstep_stream_pair.
 TransportPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
@@ -111,3 +116,15 @@ async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     except trio.BrokenResourceError:
         pass
     return bytes(received)
+
+
+def replace_certificate(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
+    """Put a new certificate chain and key in place, each file replaced atomically (as a
+    deployment tool would), for the reload tests."""
+    for path, data in (
+        (cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems)),
+        (key, leaf.private_key_pem.bytes()),
+    ):
+        temporary = path.with_suffix(".new")
+        temporary.write_bytes(data)
+        temporary.replace(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+from helpers import replace_certificate
 
 from trio_accept._cli import DEFAULT_HOST, DEFAULT_PORT, build_parser, main
 
@@ -204,22 +205,31 @@ async def reap(process: trio.Process) -> None:
 
 
 @asynccontextmanager
-async def serve(arguments: Sequence[str], *, command: Sequence[str] = ()) -> AsyncGenerator[Serve]:
-    """Start ``python -m trio_accept serve --port 0 ...`` and wait for its banner.
-
-    The process is killed and reaped on the way out, whatever happened.
-    """
-    command = command or [sys.executable, "-m", "trio_accept"]
+async def running(
+    argv: Sequence[str],
+) -> AsyncGenerator[tuple[trio.Process, LineReader, LineReader]]:
+    """Start ``argv`` with its output piped to line readers; killed and reaped on the way
+    out, whatever happened."""
     process = await trio.lowlevel.open_process(
-        [*command, "serve", "--port", "0", *arguments],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert process.stdout is not None
         assert process.stderr is not None
-        stdout, stderr = LineReader(process.stdout), LineReader(process.stderr)
+        yield process, LineReader(process.stdout), LineReader(process.stderr)
+    finally:
+        await reap(process)
+
+
+@asynccontextmanager
+async def serve(arguments: Sequence[str], *, command: Sequence[str] = ()) -> AsyncGenerator[Serve]:
+    """Start ``python -m trio_accept serve --port 0 ...`` and wait for its banner."""
+    command = command or [sys.executable, "-m", "trio_accept"]
+    async with running([*command, "serve", "--port", "0", *arguments]) as (
+        process,
+        stdout,
+        stderr,
+    ):
         with trio.fail_after(PROCESS_DEADLINE):
             first = await stdout.read_until(lambda line: BANNER.search(line) is not None)
             match = BANNER.search(first)
@@ -230,8 +240,6 @@ async def serve(arguments: Sequence[str], *, command: Sequence[str] = ()) -> Asy
         yield Serve(
             process, stdout, stderr, int(match.group(2)), match.group(3), list(stdout.lines)
         )
-    finally:
-        await reap(process)
 
 
 # -- blocking clients, run in threads ------------------------------------------------------
@@ -443,17 +451,6 @@ async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
 # -- SIGHUP reloads the certificates -------------------------------------------------------
 
 
-def write_certificate(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
-    """Replace the certificate and key files, each one atomically."""
-    for path, data in (
-        (cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems)),
-        (key, leaf.private_key_pem.bytes()),
-    ):
-        temporary = path.with_suffix(".new")
-        temporary.write_bytes(data)
-        temporary.replace(path)
-
-
 def der(leaf: trustme.LeafCert) -> bytes:
     return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
 
@@ -469,7 +466,7 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
     ca = trustme.CA()
     first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_certificate(first, cert, key)
+    replace_certificate(first, cert, key)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
@@ -478,7 +475,7 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
         with established:
             assert established.getpeercert(binary_form=True) == der(first)
 
-            write_certificate(second, cert, key)
+            replace_certificate(second, cert, key)
             await reload_with_sighup(server, "certificates reloaded")
             echoed, certificate = await trio.to_thread.run_sync(
                 echo_once, server.port, client_context
@@ -499,7 +496,7 @@ async def test_sighup_with_a_broken_certificate_keeps_the_old_one(tmp_path: Path
     ca = trustme.CA()
     first = ca.issue_cert("localhost")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_certificate(first, cert, key)
+    replace_certificate(first, cert, key)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
@@ -516,7 +513,7 @@ async def test_sighup_with_a_broken_certificate_keeps_the_old_one(tmp_path: Path
         assert certificate == der(first)
         # Fixed, and another SIGHUP: the server takes the new certificate.
         second = ca.issue_cert("localhost")
-        write_certificate(second, cert, key)
+        replace_certificate(second, cert, key)
         await reload_with_sighup(server, "certificates reloaded")
         _, certificate = await trio.to_thread.run_sync(echo_once, server.port, client_context)
         assert certificate == der(second)
@@ -536,10 +533,10 @@ async def test_sighup_with_an_expired_certificate_reports_it_once(tmp_path: Path
         not_after=now - datetime.timedelta(days=1),
     )
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_certificate(ca.issue_cert("localhost"), cert, key)
+    replace_certificate(ca.issue_cert("localhost"), cert, key)
     arguments = ["--cert", str(cert), "--key", str(key), "--dev-ca", str(tmp_path / "dev-ca")]
     async with serve(arguments) as server:
-        write_certificate(late, cert, key)
+        replace_certificate(late, cert, key)
         await reload_with_sighup(server, "certificates reloaded")  # loaded all the same
         status, log = await server.stop()
     assert status == 0
@@ -568,16 +565,8 @@ def test_scenario_unknown_or_missing(capsys: pytest.CaptureFixture[str]) -> None
 
 
 async def test_scenario_runs_until_sigterm(tmp_path: Path) -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_accept", "scenario", "expired", "--dev-ca", str(tmp_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        stdout, stderr = LineReader(process.stdout), LineReader(process.stderr)
+    argv = [sys.executable, "-m", "trio_accept", "scenario", "expired", "--dev-ca", str(tmp_path)]
+    async with running(argv) as (process, stdout, stderr):
         with trio.fail_after(PROCESS_DEADLINE):
             first = await stdout.read_until(lambda line: line.startswith("trio-accept:"))
             await stdout.read_until(lambda line: line.strip().startswith("try it:"))
@@ -602,5 +591,3 @@ async def test_scenario_runs_until_sigterm(tmp_path: Path) -> None:
             log = await stderr.read_all()
         assert "SIGTERM: stopping" in log
         assert "Traceback" not in log
-    finally:
-        await reap(process)

@@ -30,6 +30,7 @@ import trio.testing
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers import replace_certificate
 
 import trio_accept
 from trio_accept import (
@@ -1173,17 +1174,6 @@ def last_error(store: CertificateStore) -> Exception | None:
     return store.last_error
 
 
-def replace_files(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
-    """Put a new certificate and key in place, each file replaced atomically."""
-    for path, data in (
-        (cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems)),
-        (key, leaf.private_key_pem.bytes()),
-    ):
-        temporary = path.with_suffix(".new")
-        temporary.write_bytes(data)
-        temporary.replace(path)
-
-
 async def test_reload_reaches_new_handshakes_only(ca: trustme.CA, tmp_path: Path) -> None:
     first = ca.issue_cert(DEFAULT_NAME, "v1.example")
     second = ca.issue_cert(DEFAULT_NAME, "v2.example")
@@ -1196,7 +1186,7 @@ async def test_reload_reaches_new_handshakes_only(ca: trustme.CA, tmp_path: Path
             assert await trio.to_thread.run_sync(roundtrip, established, b"before") == b"before"
             assert established.getpeercert(binary_form=True) == der_of(first)
 
-            replace_files(second, cert, key)
+            replace_certificate(second, cert, key)
             assert store.reload() is True
             assert store.reloads == 1
             assert store.last_error is None
@@ -1243,7 +1233,7 @@ async def test_failed_reload_keeps_the_current_certificate(
         assert seen.certificate == der_of(first)
         # Fixed: the next reload works, and forgets the error.
         second = ca.issue_cert(DEFAULT_NAME)
-        replace_files(second, cert, key)
+        replace_certificate(second, cert, key)
         assert store.reload() is True
         assert last_error(store) is None
         seen = await trio.to_thread.run_sync(exchange, server.port, client)
@@ -1267,7 +1257,7 @@ def test_reload_of_an_expired_certificate_warns_every_time(ca: trustme.CA, tmp_p
     cert, key = write_pair(ca.issue_cert(DEFAULT_NAME), tmp_path, "server")
     store = CertificateStore.from_files(cert, key)
     late = expired(ca)
-    replace_files(late, cert, key)
+    replace_certificate(late, cert, key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()  # no filter at all: Python would warn once per place
         assert store.reload() is True
@@ -1287,7 +1277,7 @@ def test_reload_obeys_the_applications_warning_filters(
     cert, key = write_pair(first, tmp_path, "server")
     store = CertificateStore.from_files(cert, key)
     late = expired(ca)
-    replace_files(late, cert, key)
+    replace_certificate(late, cert, key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter(action, CertificateWarning)
         reloaded = store.reload()
@@ -1318,7 +1308,7 @@ async def test_reloads_during_handshakes_lose_none(ca: trustme.CA, tmp_path: Pat
             nursery.start_soon(one_client)
         # Reload, alternating the certificate, for as long as handshakes are going on.
         while len(seen) < clients_count:
-            replace_files(leaves[(store.reloads + 1) % 2], cert, key)
+            replace_certificate(leaves[(store.reloads + 1) % 2], cert, key)
             assert store.reload() is True
             await trio.lowlevel.checkpoint()
     assert store.reloads >= 1
@@ -1356,7 +1346,7 @@ async def test_watch_reloads_when_a_file_changes(
         # A new certificate, of another size, with the old modification time.
         second = ca.issue_cert(DEFAULT_NAME, "a-longer-name.example")
         stats = {path: path.stat() for path in (cert, key)}
-        replace_files(second, cert, key)
+        replace_certificate(second, cert, key)
         for path, stat in stats.items():
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert cert.stat().st_size != stats[cert].st_size
