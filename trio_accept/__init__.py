@@ -26,6 +26,7 @@ from ._listener import ServerStats as ServerStats
 from ._listener import current_server as current_server
 from ._listener import open_server as open_server
 from ._listener import serve_tls as serve_tls
+from ._proxy import ProxyHeader as ProxyHeader
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
 from ._tlslistener import TLSListener as TLSListener
@@ -44,6 +45,7 @@ for _obj in (
     ErrorKind,
     HandshakeError,
     Profile,
+    ProxyHeader,
     Server,
     ServerStats,
     Operation,

@@ -35,6 +35,7 @@ import trio
 
 from ._engine import ErrorKind, Reason, State, TLSEngine
 from ._errors import tls_error
+from ._proxy import ProxyHeader
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -63,6 +64,8 @@ class TLSInfo:
             handshake's completion, on trio's clock.
         resumed: Whether the client resumed an earlier session (a TLS 1.3 ticket or a
             TLS 1.2 session), skipping the certificate exchange.
+        proxy: The PROXY protocol header the load balancer in front of us sent, or
+            ``None`` when the listener does not expect one.
     """
 
     version: str
@@ -73,6 +76,15 @@ class TLSInfo:
     peer_address: Any
     handshake_seconds: float
     resumed: bool = False
+    proxy: ProxyHeader | None = None
+
+    @property
+    def client_address(self) -> Any:
+        """The original client's address: the PROXY header's source when a load
+        balancer sent one, else :attr:`peer_address`."""
+        if self.proxy is not None and self.proxy.source is not None:
+            return self.proxy.source
+        return self.peer_address
 
 
 class _Status(enum.Enum):
