@@ -244,7 +244,7 @@ async def test_hello_and_handshake_deadlines(
 # -- eviction ------------------------------------------------------------------------
 
 
-async def test_max_handshakes_evicts_stalled_clients(
+async def test_max_handshakes_sheds_stalled_talkers(
     autojump_clock: trio.testing.MockClock,
     server_context: ssl.SSLContext,
     client_context: ssl.SSLContext,
@@ -256,9 +256,14 @@ async def test_max_handshakes_evicts_stalled_clients(
         listeners=[listener],
         ssl_context=server_context,
         max_handshakes=2,
+        hello_timeout=math.inf,
         on_handshake_error=hook,
     ) as server:
+        # Five clients that start a ClientHello and stop: two fit, three are shed.
         stalled = [await listener.connect() for _ in range(5)]
+        for transport in stalled:
+            await transport.send_all(client_hello(client_context)[:10])
+            await trio.sleep(1)  # each one older than the next
         await wait_all_tasks_blocked()
         assert server.stats.evicted == 3
         assert server.stats.handshakes_in_flight == 2
@@ -271,7 +276,42 @@ async def test_max_handshakes_evicts_stalled_clients(
     # The last stalled client was shed by the shutdown.
     assert hook.reasons == [Reason.EVICTED] * 4 + [Reason.SHUTDOWN]
     for transport in stalled:
-        assert await transport.receive_some() == b""
+        assert await receive_until_eof(transport) == b""
+
+
+async def test_silent_connections_are_never_shed_for_talkers(
+    autojump_clock: trio.testing.MockClock,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+) -> None:
+    # Connections that never send a byte cost a socket and a task: they do not count
+    # against max_handshakes, so a crowd of them cannot churn against newcomers (nor
+    # against each other). hello_timeout ends them.
+    listener = MemoryListener()
+    hook = HookLog()
+    async with open_server(
+        echo,
+        listeners=[listener],
+        ssl_context=server_context,
+        max_handshakes=1,
+        hello_timeout=5,
+        on_handshake_error=hook,
+    ) as server:
+        silent = [await listener.connect() for _ in range(10)]
+        await wait_all_tasks_blocked()
+        assert server.stats.handshakes_in_flight == server.stats.silent == 10
+        for _ in range(3):
+            client = await memory_client(listener, client_context)
+            await client.send_all(b"ping")
+            assert await client.receive_some() == b"ping"
+            await client.aclose()
+        assert hook.reasons == []
+        assert server.stats.completed == 3
+        for transport in silent:
+            assert await receive_until_eof(transport) == b""
+        assert trio.current_time() == pytest.approx(5)
+    assert hook.reasons == [Reason.TIMEOUT] * 10
+    assert all("no complete ClientHello within 5 s" in str(e) for e in hook.errors)
 
 
 async def test_eviction_picks_the_worst_progress_rate(
@@ -281,7 +321,7 @@ async def test_eviction_picks_the_worst_progress_rate(
 ) -> None:
     listener = MemoryListener()
     hook = HookLog()
-    hello = client_hello(client_context)
+    hello, fresh_hello = client_hello(client_context), client_hello(client_context)
     async with open_server(
         echo,
         listeners=[listener],
@@ -296,24 +336,24 @@ async def test_eviction_picks_the_worst_progress_rate(
         for byte in hello[:100]:
             await dripper.send_all(bytes([byte]))
             await trio.sleep(0.1)
-        # A fresh one, 1 s old with nothing sent: 512 / 1 = 512 bytes/s. It has sent
-        # fewer bytes, and it is younger: a rule ranking by either would shed it.
+        # A fresh one that has sent 10 bytes in 1 s: (10 + 512) / 1 = 522 bytes/s. It has
+        # sent fewer bytes, and it is younger: a rule ranking by either would shed it.
         fresh = await listener.connect()
+        await fresh.send_all(fresh_hello[:10])
         await trio.sleep(1)
-        assert (100 + PROGRESS_CREDIT) / 11 < PROGRESS_CREDIT / 1
+        assert (100 + PROGRESS_CREDIT) / 11 < (10 + PROGRESS_CREDIT) / 1
         newcomer = await memory_client(listener, client_context)
         assert hook.reasons == [Reason.EVICTED]
-        # The fresh client was not shed: it can still finish its handshake (were it
-        # shed, this would raise). The dripper was: it sees the server close.
-        fresh_client = trio.SSLStream(fresh, client_context, server_hostname="localhost")
-        await fresh_client.send_all(b"ping")
-        assert await fresh_client.receive_some() == b"ping"
+        # The fresh client was not shed: the rest of its hello gets a ServerHello.
+        # The dripper was: it sees the server close.
+        await fresh.send_all(fresh_hello[10:])
+        assert (await fresh.receive_some())[:1] == b"\x16"  # a handshake record
         with trio.fail_after(DEADLOCK_GUARD):
             assert await receive_until_eof(dripper) == b""
-        assert server.stats.completed == 2
+        assert server.stats.completed == 1
         assert server.stats.evicted == 1
         await newcomer.aclose()
-        await fresh_client.aclose()
+        await fresh.aclose()
 
 
 async def test_eviction_takes_the_oldest_of_equals(
@@ -324,6 +364,7 @@ async def test_eviction_takes_the_oldest_of_equals(
     # A MockClock that never moves: every handshake is 0 s old, so all rank alike.
     listener = MemoryListener()
     hook = HookLog()
+    hellos = [client_hello(client_context) for _ in range(3)]
     async with open_server(
         echo,
         listeners=[listener],
@@ -331,22 +372,25 @@ async def test_eviction_takes_the_oldest_of_equals(
         max_handshakes=2,
         on_handshake_error=hook,
     ) as server:
-        first = await listener.connect()
-        second = await listener.connect()
-        third = await listener.connect()
-        await wait_all_tasks_blocked()
+        transports = [await listener.connect() for _ in hellos]
+        for transport, hello in zip(transports, hellos, strict=True):
+            await transport.send_all(hello[:10])
+            await wait_all_tasks_blocked()
         assert hook.reasons == [Reason.EVICTED]
         assert server.stats.handshakes_in_flight == 2
-        # The two younger ones were not shed: they finish their handshakes (were either
-        # shed, this would raise). The oldest was: it sees the server close.
-        for transport in (second, third):
-            client = trio.SSLStream(transport, client_context, server_hostname="localhost")
-            await client.send_all(b"ping")
-            assert await client.receive_some() == b"ping"
-            await client.aclose()
-        assert await first.receive_some() == b""
-        assert server.stats.completed == 2
-    assert hook.reasons == [Reason.EVICTED]
+        # The two younger ones were not shed: the rest of their hellos get answers.
+        # The oldest was: it sees the server close.
+        for transport, hello in zip(transports[1:], hellos[1:], strict=True):
+            await transport.send_all(hello[10:])
+            assert (await transport.receive_some())[:1] == b"\x16"
+            await transport.aclose()
+        assert await transport_eof(transports[0])
+        await wait_all_tasks_blocked()
+    assert hook.reasons[0] == Reason.EVICTED
+
+
+async def transport_eof(transport: trio.abc.ReceiveStream) -> bool:
+    return await receive_until_eof(transport) == b""
 
 
 # -- max_connections and idle_timeout ------------------------------------------------
@@ -580,6 +624,37 @@ async def test_accept_out_of_resources_backs_off_and_keeps_serving(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert errno.errorcode[code] in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE], ids=errno.errorcode.get)
+async def test_out_of_fds_sheds_the_oldest_silent_connection(
+    code: int,
+    autojump_clock: trio.testing.MockClock,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+) -> None:
+    listener = MemoryListener()
+    hook = HookLog()
+    async with open_server(
+        echo, listeners=[listener], ssl_context=server_context, on_handshake_error=hook
+    ) as server:
+        silent = [await listener.connect() for _ in range(2)]
+        await wait_all_tasks_blocked()
+        for _ in range(2):
+            listener.fail_next_accept(OSError(code, os.strerror(code)))
+        newest = await listener.connect()  # accepted; the next two accepts fail
+        # Each failure frees the fd of the connection silent for longest.
+        for transport in silent:
+            assert await receive_until_eof(transport) == b""
+        await wait_all_tasks_blocked()
+        assert hook.reasons == [Reason.EVICTED, Reason.EVICTED]
+        assert server.stats.accept_errors == 2
+        assert server.stats.silent == 1
+        client = await memory_client(listener, client_context)
+        await client.send_all(b"ping")
+        assert await client.receive_some() == b"ping"
+        await client.aclose()
+        await newest.aclose()
 
 
 async def test_other_accept_errors_propagate(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Final, final
 
@@ -134,11 +135,14 @@ class Handshake:
         "_engine",
         "_handshake_timeout",
         "_hello_timeout",
+        "_on_first_data",
         "_plain_http_response",
+        "_ssl_context",
         "_tolerate_ragged_eof",
         "failure",
         "peer_address",
         "started_at",
+        "talking_since",
         "transport_stream",
     )
 
@@ -153,6 +157,7 @@ class Handshake:
         tolerate_ragged_eof: bool = False,
         plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
         peer_address: Any = None,
+        on_first_data: Callable[[], None] | None = None,
     ) -> None:
         for name, value in (
             ("hello_timeout", hello_timeout),
@@ -169,7 +174,13 @@ class Handshake:
         self.started_at: float = trio.current_time()
         #: Why the handshake failed, once it has (set before the client is told).
         self.failure: HandshakeError | None = None
-        self._engine = TLSEngine(ssl_context)
+        #: When the client's first bytes arrived, on trio's clock; ``None`` until then.
+        self.talking_since: float | None = None
+        # The engine (an SSLObject, the costly part) is made when the client first
+        # speaks: a connection that never does costs a socket and a task, nothing more.
+        self._ssl_context = ssl_context
+        self._engine: TLSEngine | None = None
+        self._on_first_data = on_first_data
         self._hello_timeout = hello_timeout
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
@@ -179,29 +190,36 @@ class Handshake:
     @property
     def bytes_received(self) -> int:
         """Bytes the client has sent so far."""
-        return self._engine.bytes_received
+        return 0 if self._engine is None else self._engine.bytes_received
+
+    def _start(self, data: bytes | bytearray) -> TLSEngine:
+        """The client's first bytes arrived: make the engine and give it them."""
+        self.talking_since = trio.current_time()
+        if self._on_first_data is not None:
+            self._on_first_data()
+        engine = self._engine = TLSEngine(self._ssl_context)
+        engine.receive_data(data)
+        return engine
 
     async def run(self) -> TLSStream:
         """Drive the handshake to its end; see :func:`accept`."""
-        engine, transport = self._engine, self.transport_stream
+        transport = self.transport_stream
         started = self.started_at
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            result, cause = await _handshake(
-                engine,
-                transport,
+            result, cause = await self._drive(
                 hello_deadline=started + self._hello_timeout,
                 deadline=started + self._handshake_timeout,
             )
             if result.kind is not ErrorKind.NONE:
                 detail = None
                 if result.reason is Reason.TIMEOUT:
-                    detail = _timeout_detail(engine, self._hello_timeout, self._handshake_timeout)
+                    detail = self._timeout_detail()
                 error = tls_error(
                     result,
                     handshake=True,
                     peer_address=self.peer_address,
-                    server_name=engine.server_name,
+                    server_name=None if self._engine is None else self._engine.server_name,
                     detail=detail,
                 )
                 assert isinstance(error, HandshakeError)
@@ -213,6 +231,8 @@ class Handshake:
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
+        engine = self._engine
+        assert engine is not None  # a finished handshake had bytes
         info = TLSInfo(
             version=engine.version or "",
             cipher=engine.cipher or "",
@@ -234,7 +254,7 @@ class Handshake:
     async def _tell_client(self, result: Result) -> None:
         """Flush the alert OpenSSL queued -- or, to plain HTTP, our 400 answer -- best
         effort and within ``close_timeout``: the client may be gone already."""
-        message = self._engine.data_to_send()
+        message = b"" if self._engine is None else self._engine.data_to_send()
         if result.reason is Reason.PLAIN_HTTP and self._plain_http_response is not None:
             message += self._plain_http_response
         if not message:
@@ -250,44 +270,39 @@ class Handshake:
                 while await transport.receive_some(RECEIVE_SIZE):
                     pass
 
+    async def _drive(
+        self, *, hello_deadline: float, deadline: float
+    ) -> tuple[Result, BaseException | None]:
+        """The loop. Returns the final result and the transport exception behind a
+        ``reset``; the final flight of a success has already been sent."""
+        transport = self.transport_stream
+        with trio.CancelScope(deadline=min(hello_deadline, deadline)) as scope:
+            try:
+                engine = self._start(await transport.receive_some(RECEIVE_SIZE))
+                while True:
+                    if engine.hello_received:
+                        scope.deadline = deadline
+                    result = engine.accept()
+                    if result.kind is not ErrorKind.WANT_READ:
+                        break
+                    flight = engine.data_to_send()
+                    if flight:
+                        await transport.send_all(flight)
+                    engine.receive_data(await transport.receive_some(RECEIVE_SIZE))
+                if result.kind is ErrorKind.NONE:
+                    final_flight = engine.data_to_send()  # TLS 1.2: our Finished
+                    if final_flight:
+                        await transport.send_all(final_flight)
+            except trio.BrokenResourceError as exc:
+                return driver_result(Reason.RESET), exc
+            return result, None
+        # Only our own deadline gets here: it cancelled the loop and the scope caught it.
+        return driver_result(Reason.TIMEOUT), None
 
-async def _handshake(
-    engine: TLSEngine,
-    transport: trio.abc.Stream,
-    *,
-    hello_deadline: float,
-    deadline: float,
-) -> tuple[Result, BaseException | None]:
-    """The loop. Returns the final result and the transport exception behind a
-    ``reset``; the final flight of a success has already been sent."""
-    with trio.CancelScope(deadline=min(hello_deadline, deadline)) as scope:
-        try:
-            while True:
-                result = engine.accept()
-                if result.kind is not ErrorKind.WANT_READ:
-                    break
-                flight = engine.data_to_send()
-                if flight:
-                    await transport.send_all(flight)
-                data = await transport.receive_some(RECEIVE_SIZE)
-                engine.receive_data(data)
-                if engine.hello_received:
-                    scope.deadline = deadline
-            if result.kind is ErrorKind.NONE:
-                final_flight = engine.data_to_send()  # TLS 1.2: our Finished
-                if final_flight:
-                    await transport.send_all(final_flight)
-        except trio.BrokenResourceError as exc:
-            return driver_result(Reason.RESET), exc
-        return result, None
-    # Only our own deadline gets here: it cancelled the loop and the scope caught it.
-    return driver_result(Reason.TIMEOUT), None
-
-
-def _timeout_detail(engine: TLSEngine, hello_timeout: float, handshake_timeout: float) -> str:
-    if not engine.hello_received:
-        return f"no complete ClientHello within {_seconds(hello_timeout)}"
-    return f"handshake not finished within {_seconds(handshake_timeout)}"
+    def _timeout_detail(self) -> str:
+        if self._engine is None or not self._engine.hello_received:
+            return f"no complete ClientHello within {_seconds(self._hello_timeout)}"
+        return f"handshake not finished within {_seconds(self._handshake_timeout)}"
 
 
 def _seconds(value: float) -> str:

@@ -5,18 +5,25 @@ Shape of a running server (one nursery)::
     accept loop(s)  --admit-->  connection task: handshake --> handler --> aclose
         (never awaits a handshake)      (own cancel scope)   (own cancel scope)
 
-Admission, in the accept loop, before the connection's task starts:
+Admission. A connection is *silent* from accept until its client's first bytes, then
+*talking* until the handshake ends. Silent connections cost a socket and a sleeping task
+(the TLS engine is made at the first byte), so they are never what a newcomer is shed
+for; ``hello_timeout`` ends them, and they go first when fds or ``max_connections`` run
+out:
 
-- ``max_handshakes`` bounds handshakes in flight. When it is reached, the newcomer is
-  admitted and the handshake with the worst *progress rate* is shed instead (reason
-  ``evicted``): ``(bytes received + PROGRESS_CREDIT) / seconds since accept``, oldest
-  first on ties. A hard cap that refuses newcomers is what stalled clients exploit (the
-  Rust tls-listener Slowloris advisory); shedding the slowest costs them their slot and
-  costs a legitimate client nothing.
-- ``max_connections`` bounds connections held (handshaking or established). When the
-  server is full and a handshake is in flight, that handshake is shed for the newcomer
-  as above; when every held connection is established, the accept loop stops accepting
-  (backpressure: newcomers wait in the kernel's backlog).
+- ``max_handshakes`` bounds talking handshakes. When a connection starts talking and the
+  bound is passed, the talking handshake with the worst *progress rate* is shed (reason
+  ``evicted``): ``(bytes received + PROGRESS_CREDIT) / seconds since its first byte``,
+  oldest first on ties. A hard cap that refuses newcomers is what stalled clients exploit
+  (the Rust tls-listener Slowloris advisory); shedding the slowest costs them their slot
+  and costs a legitimate client nothing. Silent connections outside the bound mean an
+  attacker's idle sockets never churn against each other (nor against anyone else).
+- ``max_connections`` bounds connections held (silent, talking or established). When
+  the server is full, the oldest silent connection is shed for the newcomer, else the
+  slowest talking one; when every held connection is established, the accept loop stops
+  accepting (backpressure: newcomers wait in the kernel's backlog).
+- Out of file descriptors (``EMFILE``/``ENFILE``), the oldest silent connection is shed
+  to free one before accepting again.
 - ``hello_timeout`` and ``handshake_timeout`` shed the rest, inside each handshake.
 
 A handler's exception is logged with its peer and ends only its own connection;
@@ -99,7 +106,8 @@ class ServerStats:
 
     Attributes:
         accepted: TCP connections accepted.
-        handshakes_in_flight: Handshakes running now.
+        handshakes_in_flight: Handshakes running now, silent ones included.
+        silent: Of those, connections whose client has not sent a byte yet.
         completed: Handshakes completed.
         failed: Failed handshakes by :class:`~trio_accept.Reason` (timeouts and evictions
             included).
@@ -113,6 +121,7 @@ class ServerStats:
 
     accepted: int
     handshakes_in_flight: int
+    silent: int
     completed: int
     failed: dict[Reason, int]
     active_connections: int
@@ -138,15 +147,17 @@ class _Connection:
 
     __slots__ = ("handshake", "scope", "stop_reason", "stream")
 
-    def __init__(self, handshake: Handshake) -> None:
-        self.handshake = handshake
+    handshake: Handshake
+
+    def __init__(self) -> None:
         # Cancelled to shed the handshake, or later to stop the handler.
         self.scope = trio.CancelScope()
         self.stop_reason: Reason | None = None
         self.stream: TLSStream | None = None
 
     def progress_rate(self, now: float) -> float:
-        elapsed = now - self.handshake.started_at
+        since = self.handshake.talking_since
+        elapsed = 0.0 if since is None else now - since
         if elapsed <= 0:
             return math.inf
         return (self.handshake.bytes_received + PROGRESS_CREDIT) / elapsed
@@ -201,7 +212,9 @@ class Server:
         self._max_handshakes = max_handshakes
         self._shutdown_grace = shutdown_grace
         self._on_handshake_error = on_handshake_error
-        # Handshakes in flight, oldest first (dicts keep insertion order).
+        # Handshakes in flight, oldest first (dicts keep insertion order): those whose
+        # client has not sent a byte yet, and those that have.
+        self._silent: dict[_Connection, None] = {}
         self._handshakes: dict[_Connection, None] = {}
         self._established: set[_Connection] = set()
         self._tasks = 0
@@ -237,7 +250,8 @@ class Server:
         """A snapshot of the counters."""
         return ServerStats(
             accepted=self._accepted,
-            handshakes_in_flight=len(self._handshakes),
+            handshakes_in_flight=len(self._silent) + len(self._handshakes),
+            silent=len(self._silent),
             completed=self._completed,
             failed=dict(self._failed),
             active_connections=len(self._established),
@@ -289,7 +303,7 @@ class Server:
             self._shutdown_started.set()
             logger.info(
                 "shutting down: %d handshakes shed, %d connections given %g s",
-                len(self._handshakes),
+                len(self._silent) + len(self._handshakes),
                 len(self._established),
                 grace,
             )
@@ -299,7 +313,7 @@ class Server:
             with trio.CancelScope(shield=True):
                 for listener in self._listeners:
                     await trio.aclose_forcefully(listener)
-            for connection in list(self._handshakes):
+            for connection in [*self._silent, *self._handshakes]:
                 self._shed(connection, Reason.SHUTDOWN)
         with trio.move_on_after(grace):
             while self._established:
@@ -336,13 +350,18 @@ class Server:
 
     def _full(self) -> bool:
         limit = self._max_connections
-        return limit is not None and len(self._handshakes) + len(self._established) >= limit
+        if limit is None:
+            return False
+        return len(self._silent) + len(self._handshakes) + len(self._established) >= limit
+
+    def _in_flight(self) -> bool:
+        return bool(self._silent or self._handshakes)
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         while True:
             # Backpressure: only when full of established connections (a handshake
             # in flight can always be shed for a newcomer).
-            while self._full() and not self._handshakes:
+            while self._full() and not self._in_flight():
                 await self._room.park()
             try:
                 transport = await self._accept(listener)
@@ -352,13 +371,7 @@ class Server:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 self._accept_errors += 1
-                logger.warning(
-                    "accept() failed: %s (%s); retrying in %g s",
-                    errno.errorcode.get(exc.errno, exc.errno),
-                    os.strerror(exc.errno),
-                    ACCEPT_RETRY_DELAY,
-                )
-                await trio.sleep(ACCEPT_RETRY_DELAY)
+                await self._out_of_resources(exc.errno)
                 continue
             if transport is None:
                 continue  # the server filled up while we waited: back to backpressure
@@ -379,24 +392,59 @@ class Server:
                 self._accepting.discard(waiting)
         return None
 
+    async def _out_of_resources(self, error: int) -> None:
+        """``accept()`` failed for want of fds or memory: free some, or wait a moment."""
+        name = errno.errorcode.get(error, str(error))
+        if self._silent and error in (errno.EMFILE, errno.ENFILE):
+            # The connection that has waited longest without a word gives its fd up.
+            logger.warning("accept() failed: %s; shedding the oldest silent connection", name)
+            self._shed(next(iter(self._silent)), Reason.EVICTED)
+            with trio.move_on_after(ACCEPT_RETRY_DELAY):
+                await self._room.park()  # until a connection task has ended
+            return
+        logger.warning(
+            "accept() failed: %s (%s); retrying in %g s",
+            name,
+            os.strerror(error),
+            ACCEPT_RETRY_DELAY,
+        )
+        await trio.sleep(ACCEPT_RETRY_DELAY)
+
     def _establish(self, connection: _Connection) -> None:
         """Count a finished handshake as an established connection."""
         self._established.add(connection)
-        if self._full() and not self._handshakes:
+        if self._full() and not self._in_flight():
             for waiting in self._accepting:
                 waiting.cancel()
 
     def _admit(self, transport: trio.abc.Stream) -> None:
-        """Register a new connection (shedding one if needed) and start its task."""
-        if len(self._handshakes) >= self._max_handshakes or self._full():
-            self._evict()
+        """Register a new connection (shedding one if full) and start its task."""
+        if self._full():
+            if self._silent:
+                self._shed(next(iter(self._silent)), Reason.EVICTED)
+            else:
+                self._evict()
         store = self._ssl_context
         # A store is consulted for every handshake: a reload reaches new ones only.
         context = store if isinstance(store, ssl.SSLContext) else store.context
-        connection = _Connection(Handshake(transport, context, **self._handshake_options))
-        self._handshakes[connection] = None
+        connection = _Connection()
+        connection.handshake = Handshake(
+            transport,
+            context,
+            on_first_data=lambda: self._start_talking(connection),
+            **self._handshake_options,
+        )
+        self._silent[connection] = None
         assert self._nursery is not None
         self._spawn(self._nursery, self._connection_task, connection)
+
+    def _start_talking(self, connection: _Connection) -> None:
+        """The client's first bytes arrived: its handshake now counts for
+        ``max_handshakes``."""
+        self._silent.pop(connection, None)
+        self._handshakes[connection] = None
+        if len(self._handshakes) > self._max_handshakes:
+            self._evict()
 
     def _evict(self) -> None:
         if not self._handshakes:
@@ -410,6 +458,7 @@ class Server:
         """Stop a handshake in flight; its task records the failure."""
         connection.stop_reason = reason
         connection.scope.cancel()
+        self._silent.pop(connection, None)
         self._handshakes.pop(connection, None)
 
     def _spawn(
@@ -466,6 +515,7 @@ class Server:
             self._record_failure(error)
             return None
         finally:
+            self._silent.pop(connection, None)
             self._handshakes.pop(connection, None)
         if stream is None:  # shed (evicted, shut down) -- unless it had failed already
             failure = connection.handshake.failure
@@ -650,9 +700,12 @@ async def serve_tls(
         idle_timeout: Close established connections that move no bytes either way for
             this many seconds; ``None`` (the default) never does.
         max_connections: Connections held at once, handshaking or established;
-            ``None`` for no limit. See the module notes on admission.
-        max_handshakes: Handshakes in flight at once; beyond it, the least-progressed
-            one is shed for the newcomer.
+            ``None`` for no limit. When full, the oldest silent connection (no byte
+            yet), else the least-progressed handshake, is shed for the newcomer.
+        max_handshakes: Handshakes in flight at once whose client has sent something;
+            beyond it, the least-progressed one is shed. Silent connections do not
+            count: they are bounded by ``hello_timeout``, ``max_connections`` and the
+            fd limit, and shed oldest first.
         shutdown_grace: Seconds handlers get to finish in a graceful shutdown.
         backlog: The listen backlog (trio's default when ``None``).
         handler_nursery: Run handlers in this nursery instead of the server's own.
