@@ -377,6 +377,72 @@ def test_read_honours_max_bytes(pair: Callable[..., tuple[TLSEngine, Client]]) -
     assert engine.read(4).data == b"ef"
 
 
+@VERSIONS
+def test_read_takes_every_buffered_record(
+    pair: Callable[..., tuple[TLSEngine, Client]], version: ssl.TLSVersion
+) -> None:
+    # SSL_read returns one record (<= 16 KiB) per call; read() takes all that arrived.
+    engine, client = established(pair, version)
+    sent = bytes(range(256)) * 200  # 51,200 bytes: four records
+    client.obj.write(sent)
+    engine.receive_data(client.flight())
+    result = engine.read(65536)
+    assert (result.code, result.data) == (len(sent), sent)
+    assert engine.read(65536).kind is ErrorKind.WANT_READ
+    # max_bytes still bounds it, across records.
+    client.obj.write(sent)
+    engine.receive_data(client.flight())
+    assert [len(engine.read(20000).data) for _ in range(3)] == [20000, 20000, 11200]
+
+
+def test_close_notify_behind_data_comes_after_it(
+    pair: Callable[..., tuple[TLSEngine, Client]],
+) -> None:
+    engine, client = established(pair)
+    client.obj.write(b"a" * 20000)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.obj.unwrap()
+    engine.receive_data(client.flight())
+    assert engine.read(65536).data == b"a" * 20000
+    assert engine.state is State.ESTABLISHED
+    result = engine.read(65536)
+    assert (result.code, result.kind) == (0, ErrorKind.ZERO_RETURN)
+    assert engine.state is State.PEER_CLOSED
+
+
+@pytest.mark.parametrize("then", ["read", "write", "shutdown"])
+def test_failure_behind_data_comes_after_it_with_its_alert(
+    pair: Callable[..., tuple[TLSEngine, Client]], then: str
+) -> None:
+    engine, client = established(pair)
+    engine.write(b"")  # releases the session tickets: only the alert is left to send
+    engine.data_to_send()
+    client.obj.write(b"a" * 20000)
+    engine.receive_data(client.flight() + b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    assert engine.read(65536).data == b"a" * 20000
+    assert engine.data_to_send() == b""  # the alert waits for its failure
+    result = {"read": lambda: engine.read(100), "write": lambda: engine.write(b"x")}.get(
+        then, engine.shutdown
+    )()
+    assert (result.code, result.kind, result.reason) == (-1, ErrorKind.SSL, Reason.PROTOCOL_ERROR)
+    assert engine.state is State.FAILED
+    client.receive(engine.data_to_send())
+    with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+        client.obj.read(100)
+
+
+def test_ragged_eof_behind_data_comes_after_it(
+    pair: Callable[..., tuple[TLSEngine, Client]],
+) -> None:
+    engine, client = established(pair)
+    client.obj.write(b"a" * 20000)
+    engine.receive_data(client.flight())
+    engine.receive_data(b"")
+    assert engine.read(65536).data == b"a" * 20000
+    result = engine.read(65536)
+    assert (result.code, result.kind, result.reason) == (-1, ErrorKind.SYSCALL, Reason.EOF)
+
+
 def test_write_empty_is_a_no_op(pair: Callable[..., tuple[TLSEngine, Client]]) -> None:
     engine, _ = established(pair, TLS12)
     result = engine.write(b"")

@@ -298,6 +298,7 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_deferred",
         "_eof",
         "_hello",
         "_incoming",
@@ -317,6 +318,9 @@ class TLSEngine:
         self._hello = ClientHelloReader()
         # TLS 1.3 session tickets held back until the data phase (see module doc).
         self._tickets = b""
+        # A failure met by read() after it had data to return, and the alert OpenSSL
+        # queued for it: reported by the next call, so that the data comes first.
+        self._deferred: tuple[ssl.SSLError, bytes] | None = None
         #: Bytes received from the client so far (progress, for admission control).
         self.bytes_received: int = 0
 
@@ -392,6 +396,8 @@ class TLSEngine:
         self._check(Operation.READ)
         if self._state is State.PEER_CLOSED or self._state is State.CLOSED:
             return _ZERO_RETURN
+        if self._deferred is not None:
+            return self._fail_deferred(Operation.READ)
         try:
             data = self._ssl.read(max_bytes)
         except ssl.SSLWantReadError:
@@ -401,7 +407,12 @@ class TLSEngine:
         else:
             # Python returns b"" when close_notify arrives; it does not raise
             # SSLZeroReturnError from SSLObject.read().
-            result = Result(len(data), ErrorKind.NONE, data=data) if data else _ZERO_RETURN
+            if not data:
+                result = _ZERO_RETURN
+            else:
+                if len(data) < max_bytes:
+                    data = self._read_more(data, max_bytes)
+                result = Result(len(data), ErrorKind.NONE, data=data)
         if self._tickets and self._outgoing.pending:  # pragma: no cover
             # Something must be answered, and the tickets must go first. OpenSSL 1.1.1
             # to 3.x never answers from SSL_read on the server side (it queues its
@@ -411,6 +422,41 @@ class TLSEngine:
         self._state = TRANSITIONS[self._state, Operation.READ][result.kind]
         return result
 
+    def _read_more(self, data: bytes, max_bytes: int) -> bytes:
+        """SSL_read returns one record at a time: take the next whole records already
+        buffered too, up to ``max_bytes`` (one call per 16 KiB otherwise).
+
+        Whatever ends the run is left for the next call, so results come in the same
+        order as one record at a time: a close_notify is seen again (OpenSSL keeps
+        returning it), a failure is kept with its alert (OpenSSL would not repeat it).
+        """
+        chunks = [data]
+        total = len(data)
+        queued = self._outgoing.pending
+        while total < max_bytes:
+            try:
+                more = self._ssl.read(max_bytes - total)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError as exc:
+                pending = self._outgoing.read()
+                if queued:
+                    self._outgoing.write(pending[:queued])
+                self._deferred = (exc, pending[queued:])
+                break
+            if not more:  # close_notify
+                break
+            chunks.append(more)
+            total += len(more)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _fail_deferred(self, operation: Operation) -> Result:
+        assert self._deferred is not None
+        exc, alert = self._deferred
+        self._deferred = None
+        self._outgoing.write(alert)
+        return self._fail(operation, exc)
+
     def write(self, data: Buffer) -> Result:
         """Encrypt ``data`` for the peer (``SSL_write``); fetch it with :meth:`data_to_send`.
 
@@ -418,6 +464,8 @@ class TLSEngine:
             ``code`` = ``len(data)`` on success, or a failure.
         """
         self._check(Operation.WRITE)
+        if self._deferred is not None:
+            return self._fail_deferred(Operation.WRITE)
         if self._tickets:
             self._outgoing.write(self._release_tickets())
         if not data:
@@ -439,6 +487,8 @@ class TLSEngine:
             a failure otherwise.
         """
         self._check(Operation.SHUTDOWN)
+        if self._deferred is not None:
+            return self._fail_deferred(Operation.SHUTDOWN)
         if self._tickets:
             self._outgoing.write(self._release_tickets())
         if self._state is State.CLOSED:
