@@ -197,6 +197,7 @@ class Handshake:
         self.talking_since = trio.current_time()
         if self._on_first_data is not None:
             self._on_first_data()
+            self._on_first_data = None  # a closure over the listener's record: no cycle
         engine = self._engine = TLSEngine(self._ssl_context)
         engine.receive_data(data)
         return engine
