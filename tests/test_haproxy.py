@@ -35,7 +35,7 @@ from trio_accept import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator
 
 pytestmark = [
     pytest.mark.interop,
@@ -74,7 +74,7 @@ def replace(config: str, old: str, new: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_haproxy(tmp_path: Path, config: str) -> AsyncIterator[int]:
+async def running_haproxy(tmp_path: Path, config: str) -> AsyncGenerator[int]:
     """Run HAProxy with ``config`` (its ``bind :443`` replaced by our socket); yields the
     port clients connect to. HAProxy is stopped by its PID when the block ends."""
     front = socket.create_server(("127.0.0.1", 0))
@@ -119,7 +119,7 @@ async def running_haproxy(tmp_path: Path, config: str) -> AsyncIterator[int]:
 @contextlib.asynccontextmanager
 async def recording_server(
     server_context: ssl.SSLContext,
-) -> AsyncIterator[tuple[Server, trio.MemoryReceiveChannel[dict[str, Any]]]]:
+) -> AsyncGenerator[tuple[Server, trio.MemoryReceiveChannel[dict[str, Any]]]]:
     """Our listener with ``proxy_protocol=True`` on 127.0.0.1. Its handler answers each
     message with what it sees of the connection, and puts the same on a channel."""
     send, receive = trio.open_memory_channel[dict[str, Any]](100)

@@ -296,6 +296,7 @@ def test_v2_tlvs_and_their_properties() -> None:
         + tlv(PP2_SUBTYPE_SSL_CIPHER, b"TLS_AES_128_GCM_SHA256")
         + tlv(PP2_SUBTYPE_SSL_SIG_ALG, b"RSA-SHA256")
         + tlv(PP2_SUBTYPE_SSL_KEY_ALG, b"RSA2048")
+        + tlv(0x2F, b"\xff unknown: kept, unchecked")
     )
     tlvs = (
         tlv(PP2_TYPE_ALPN, b"h2")
@@ -325,6 +326,7 @@ def test_v2_tlvs_and_their_properties() -> None:
     assert ssl_info.cipher == "TLS_AES_128_GCM_SHA256"
     assert ssl_info.signature_algorithm == "RSA-SHA256"
     assert ssl_info.key_algorithm == "RSA2048"
+    assert ssl_info.tlvs[-1] == (0x2F, b"\xff unknown: kept, unchecked")
 
 
 def test_v2_ssl_without_a_verified_certificate() -> None:
@@ -830,6 +832,24 @@ async def test_malformed_or_missing_header_is_refused_without_an_alert(
         assert isinstance(error.__cause__, ProxyProtocolError)
     # Not a TLS alert, not the plain-HTTP answer: nothing at all.
     assert await receive_until_eof(client_transport) == b""
+
+
+async def test_reset_in_the_middle_of_the_header(server_context: ssl.SSLContext) -> None:
+    """A real TCP reset (SO_LINGER 0) after part of a header: reason reset."""
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        client = trio.socket.socket()
+        with client:
+            await client.connect(listener.socket.getsockname())
+            server_transport = await listener.accept()
+            await client.send(b"PROXY TCP4 192.0.2")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with pytest.raises(HandshakeError) as excinfo:
+            await trio_accept.accept(server_transport, server_context, proxy_protocol=True)
+    error = excinfo.value
+    assert (error.reason, error.kind) == (Reason.RESET, ErrorKind.SYSCALL)
+    assert "while reading the PROXY protocol header" in str(error)
+    assert isinstance(error.__cause__, trio.BrokenResourceError)
 
 
 async def test_a_tls_failure_after_the_header_names_the_client_and_the_proxy(
