@@ -9,7 +9,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.sessions = ["tests", "interop", "lint", "typing", "docs"]
 
 # Debian package -> the binary that shows it is installed (default: same name).
 _BINARY = {"graphviz": "dot"}
@@ -38,15 +38,26 @@ def ensure_debian_packages(session: nox.Session, *packages: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
+    """The test suite, except the tests against external programs (``interop``)."""
     session.install("-e", ".[test]")
     ensure_debian_packages(session, "openssl", "curl")
     session.run(
         "pytest",
+        "-m",
+        "not interop",
         "--cov",
         "--cov-report=term-missing:skip-covered",
         "--cov-report=xml",
         *session.posargs,
     )
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Tests against real external programs as peers: openssl, curl, HAProxy."""
+    session.install("-e", ".[test]")
+    ensure_debian_packages(session, "openssl", "curl", "haproxy")
+    session.run("pytest", "-m", "interop", *session.posargs)
 
 
 @nox.session

@@ -27,6 +27,11 @@ from ._listener import current_server as current_server
 from ._listener import open_server as open_server
 from ._listener import serve_tls as serve_tls
 from ._proxy import ProxyHeader as ProxyHeader
+from ._proxy import ProxyProtocolError as ProxyProtocolError
+from ._proxy import ProxySSL as ProxySSL
+from ._proxy import encode_proxy_v1 as encode_proxy_v1
+from ._proxy import encode_proxy_v2 as encode_proxy_v2
+from ._proxy import parse_proxy_header as parse_proxy_header
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
 from ._tlslistener import TLSListener as TLSListener
@@ -46,6 +51,8 @@ for _obj in (
     HandshakeError,
     Profile,
     ProxyHeader,
+    ProxyProtocolError,
+    ProxySSL,
     Server,
     ServerStats,
     Operation,
@@ -61,9 +68,12 @@ for _obj in (
     current_server,
     dev_ca_path,
     dev_context,
+    encode_proxy_v1,
+    encode_proxy_v2,
     load_certificate,
     open_server,
     open_tls_listeners,
+    parse_proxy_header,
     serve_tls,
     server_context,
 ):

@@ -91,9 +91,10 @@ class ErrorKind(enum.Enum):
 class Reason(enum.StrEnum):
     """Why a handshake or connection ended: short, stable, machine-readable.
 
-    The engine produces every reason except :attr:`RESET` and :attr:`TIMEOUT`, which
-    belong to the driver (the engine has neither sockets nor clocks), and
-    :attr:`EVICTED` and :attr:`SHUTDOWN`, which belong to the listener.
+    The engine produces every reason except :attr:`RESET`, :attr:`TIMEOUT` and
+    :attr:`PROXY_PROTOCOL`, which belong to the driver (the engine has neither sockets
+    nor clocks, and never sees a PROXY protocol header), and :attr:`EVICTED` and
+    :attr:`SHUTDOWN`, which belong to the listener.
     """
 
     CLOSE_NOTIFY = "close-notify"
@@ -105,6 +106,10 @@ class Reason(enum.StrEnum):
     """The transport failed (connection reset, broken pipe). Produced by the driver."""
     TIMEOUT = "timeout"
     """A deadline of ours expired. Produced by the driver."""
+    PROXY_PROTOCOL = "proxy-protocol"
+    """A listener expecting the PROXY protocol got no valid header: a client that
+    bypassed the load balancer, or a balancer not configured to send it. Produced by
+    the driver; no TLS alert is sent."""
     PLAIN_HTTP = "plain-http"
     """The client spoke plain HTTP (or HTTP/2 prior knowledge) to the TLS port."""
     WRONG_VERSION = "wrong-version"

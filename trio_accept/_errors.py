@@ -23,6 +23,7 @@ _EXPLANATIONS: Final[dict[Reason, str]] = {
     Reason.EOF: "the peer closed the connection without close_notify",
     Reason.RESET: "the connection failed (reset or broken pipe)",
     Reason.TIMEOUT: "the peer was too slow",
+    Reason.PROXY_PROTOCOL: "no valid PROXY protocol header from the load balancer",
     Reason.PLAIN_HTTP: "the client sent plain HTTP to a TLS port",
     Reason.WRONG_VERSION: "the client did not speak TLS",
     Reason.UNSUPPORTED_VERSION: "the client offered only TLS versions this server refuses",
@@ -94,9 +95,14 @@ def tls_error(
     peer_address: Any = None,
     server_name: str | None = None,
     detail: str | None = None,
+    via: Any = None,
 ) -> TLSError:
     """Build the exception for a failed result (or a driver-level one) -- the only place
-    where engine results become exceptions."""
+    where engine results become exceptions.
+
+    ``peer_address`` is the client's (from a PROXY protocol header, when there is one);
+    ``via`` the load balancer's that relayed it, shown in the message only.
+    """
     assert result.reason is not None
     what = "TLS handshake failed" if handshake else "TLS connection failed"
     message = f"{what}: {result.reason.value} ({_EXPLANATIONS[result.reason]})"
@@ -104,7 +110,8 @@ def tls_error(
     if cause:
         message += f": {cause}"
     if peer_address is not None:
-        message += f" [peer {_format_address(peer_address)}]"
+        via_text = f" via {_format_address(via)}" if via is not None else ""
+        message += f" [peer {_format_address(peer_address)}{via_text}]"
     cls = HandshakeError if handshake else TLSError
     return cls(
         message,

@@ -16,6 +16,15 @@ Deadlines (both on trio's clock, both checked by one cancel scope whose deadline
   ClientHello) is in. Sheds connections that connect and say nothing, or drip.
 - ``handshake_timeout``: from the start until the handshake is done.
 
+With ``proxy_protocol=True``, a PROXY protocol header (v1 or v2, see ``_proxy.py``) is
+read first, before the engine exists, under the same ClientHello deadline: a proxy
+client that stalls cannot hold its slot any longer than a TLS client could. Its first
+byte makes the connection *talking*, like a ClientHello's. The bytes that came after the
+header in the same receive (HAProxy usually sends the header and the ClientHello in one
+segment) are the engine's first. A missing or malformed header fails the handshake with
+reason ``proxy-protocol``, and the client is sent nothing: it is not speaking TLS yet,
+so a TLS alert would mean nothing to it.
+
 Whatever happens -- failure, timeout, cancellation -- the transport is closed before
 ``accept()`` returns or raises; only a finished :class:`TLSStream` ever leaves it.
 """
@@ -32,6 +41,7 @@ import trio
 
 from ._engine import ErrorKind, Reason, Result, TLSEngine
 from ._errors import HandshakeError, driver_result, tls_error
+from ._proxy import ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stream import RECEIVE_SIZE, TLSInfo, TLSStream
 
 #: Default for ``hello_timeout``: a real client sends its ClientHello within one round
@@ -67,6 +77,7 @@ async def accept(
     tolerate_ragged_eof: bool = False,
     plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
     peer_address: Any = None,
+    proxy_protocol: bool = False,
 ) -> TLSStream:
     """Run the server side of a TLS handshake on ``transport_stream``: ``SSL_accept``.
 
@@ -88,9 +99,15 @@ async def accept(
         plain_http_response: Sent to a client that speaks plain HTTP to this TLS port
             (reason ``plain-http``) before closing; by default a readable
             ``HTTP/1.1 400`` answer. ``None`` sends nothing.
-        peer_address: The client's address for :attr:`TLSInfo.peer_address` and error
-            messages. By default it is read from the transport's socket, if it has one;
-            pass the address from a PROXY protocol header here.
+        peer_address: The peer's address for :attr:`TLSInfo.peer_address` and error
+            messages. By default it is read from the transport's socket, if it has one.
+        proxy_protocol: Expect a PROXY protocol header (version 1 or 2, told apart by
+            its first bytes) in front of the ClientHello, as a load balancer sends it;
+            it must arrive within ``hello_timeout``. The header is in
+            :attr:`TLSInfo.proxy`, and the original client's address in
+            :attr:`TLSInfo.client_address` and in error messages. Only for listeners
+            that nothing but the load balancer can reach: whoever can connect can
+            claim any address.
 
     Returns:
         A :class:`TLSStream` whose handshake has completed.
@@ -98,7 +115,8 @@ async def accept(
     Raises:
         HandshakeError: The handshake did not complete. ``code`` is 0 when the client
             shut it down with close_notify, -1 otherwise; ``kind`` and ``reason`` say
-            why (``timeout`` for our deadlines, ``reset`` for a failed transport).
+            why (``timeout`` for our deadlines, ``reset`` for a failed transport,
+            ``proxy-protocol`` for a missing or malformed PROXY protocol header).
 
     Error handling:
         Before raising, any alert OpenSSL queued is sent to the client (best effort,
@@ -117,6 +135,7 @@ async def accept(
         tolerate_ragged_eof=tolerate_ragged_eof,
         plain_http_response=plain_http_response,
         peer_address=peer_address,
+        proxy_protocol=proxy_protocol,
     )
     return await handshake.run()
 
@@ -137,10 +156,13 @@ class Handshake:
         "_hello_timeout",
         "_on_first_data",
         "_plain_http_response",
+        "_proxy_bytes",
+        "_proxy_protocol",
         "_ssl_context",
         "_tolerate_ragged_eof",
         "failure",
         "peer_address",
+        "proxy",
         "started_at",
         "talking_since",
         "transport_stream",
@@ -158,6 +180,7 @@ class Handshake:
         plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
         peer_address: Any = None,
         on_first_data: Callable[[], None] | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         for name, value in (
             ("hello_timeout", hello_timeout),
@@ -176,6 +199,10 @@ class Handshake:
         self.failure: HandshakeError | None = None
         #: When the client's first bytes arrived, on trio's clock; ``None`` until then.
         self.talking_since: float | None = None
+        #: The PROXY protocol header, once it has been read (``proxy_protocol=True``).
+        self.proxy: ProxyHeader | None = None
+        self._proxy_protocol = proxy_protocol
+        self._proxy_bytes = 0
         # The engine (an SSLObject, the costly part) is made when the client first
         # speaks: a connection that never does costs a socket and a task, nothing more.
         self._ssl_context = ssl_context
@@ -189,15 +216,35 @@ class Handshake:
 
     @property
     def bytes_received(self) -> int:
-        """Bytes the client has sent so far."""
-        return 0 if self._engine is None else self._engine.bytes_received
+        """Bytes the client has sent so far (a PROXY protocol header included)."""
+        tls_bytes = 0 if self._engine is None else self._engine.bytes_received
+        return self._proxy_bytes + tls_bytes
+
+    @property
+    def client_address(self) -> Any:
+        """The original client's address: the PROXY header's source once one was read
+        and named it, else :attr:`peer_address`."""
+        if self.proxy is not None and self.proxy.source is not None:
+            return self.proxy.source
+        return self.peer_address
+
+    def _via(self) -> Any:
+        """The load balancer's address, when the client's is known to be another."""
+        if self.proxy is not None and self.proxy.source is not None:
+            return self.peer_address
+        return None
+
+    def _talking(self) -> None:
+        """The client's first bytes arrived (once)."""
+        if self.talking_since is None:
+            self.talking_since = trio.current_time()
+            if self._on_first_data is not None:
+                self._on_first_data()
+                self._on_first_data = None  # a closure over the listener's record: no cycle
 
     def _start(self, data: bytes | bytearray) -> TLSEngine:
-        """The client's first bytes arrived: make the engine and give it them."""
-        self.talking_since = trio.current_time()
-        if self._on_first_data is not None:
-            self._on_first_data()
-            self._on_first_data = None  # a closure over the listener's record: no cycle
+        """The client's first TLS bytes arrived: make the engine and give it them."""
+        self._talking()
         engine = self._engine = TLSEngine(self._ssl_context)
         engine.receive_data(data)
         return engine
@@ -216,10 +263,19 @@ class Handshake:
                 detail = None
                 if result.reason is Reason.TIMEOUT:
                     detail = self._timeout_detail()
+                elif result.reason is Reason.PROXY_PROTOCOL:
+                    detail = str(cause)
+                elif self._proxy_protocol and self.proxy is None:
+                    detail = (
+                        "while reading the PROXY protocol header"
+                        if result.reason is Reason.RESET
+                        else "no PROXY protocol header"
+                    )
                 error = tls_error(
                     result,
                     handshake=True,
-                    peer_address=self.peer_address,
+                    peer_address=self.client_address,
+                    via=self._via(),
                     server_name=None if self._engine is None else self._engine.server_name,
                     detail=detail,
                 )
@@ -243,6 +299,7 @@ class Handshake:
             peer_address=self.peer_address,
             handshake_seconds=trio.current_time() - started,
             resumed=engine.session_reused,
+            proxy=self.proxy,
         )
         return TLSStream(
             transport,
@@ -254,7 +311,8 @@ class Handshake:
 
     async def _tell_client(self, result: Result) -> None:
         """Flush the alert OpenSSL queued -- or, to plain HTTP, our 400 answer -- best
-        effort and within ``close_timeout``: the client may be gone already."""
+        effort and within ``close_timeout``: the client may be gone already. (A failed
+        PROXY protocol header leaves nothing to send: the engine does not exist yet.)"""
         message = b"" if self._engine is None else self._engine.data_to_send()
         if result.reason is Reason.PLAIN_HTTP and self._plain_http_response is not None:
             message += self._plain_http_response
@@ -279,7 +337,13 @@ class Handshake:
         transport = self.transport_stream
         with trio.CancelScope(deadline=min(hello_deadline, deadline)) as scope:
             try:
-                engine = self._start(await transport.receive_some(RECEIVE_SIZE))
+                try:
+                    first = await self._first_bytes()
+                except ProxyProtocolError as exc:
+                    return driver_result(Reason.PROXY_PROTOCOL), exc
+                if first is None:  # closed before a PROXY protocol header: not TLS
+                    return driver_result(Reason.EOF), None
+                engine = self._start(first)
                 while True:
                     if engine.hello_received:
                         scope.deadline = deadline
@@ -300,7 +364,51 @@ class Handshake:
         # Only our own deadline gets here: it cancelled the loop and the scope caught it.
         return driver_result(Reason.TIMEOUT), None
 
+    async def _first_bytes(self) -> bytes | bytearray | None:
+        """The client's first TLS bytes (``b""``: EOF), after its PROXY protocol header
+        when one is expected; ``None`` when the connection closed before a byte of
+        that header (no engine then: nothing TLS, not even an alert, is owed)."""
+        receive = self.transport_stream.receive_some
+        if not self._proxy_protocol:
+            return await receive(RECEIVE_SIZE)
+        rest = await self._receive_proxy_header()
+        if rest is None:
+            return None
+        return rest or await receive(RECEIVE_SIZE)  # often the ClientHello came along
+
+    async def _receive_proxy_header(self) -> bytes | None:
+        """Read the PROXY protocol header into :attr:`proxy`; return the bytes that came
+        after it (maybe none yet), or ``None`` if the connection ended before a byte.
+
+        Bounded in bytes by the parser (it refuses a header past its size limit), in time
+        by the caller's deadline; one receive per round, a checkpoint.
+
+        Raises:
+            ProxyProtocolError: the header is malformed, or the connection ended in it.
+        """
+        transport = self.transport_stream
+        buffer = bytearray()
+        while (parsed := parse_proxy_header(buffer)) is None:
+            data = await transport.receive_some(RECEIVE_SIZE)
+            if not data:
+                if not buffer:
+                    return None
+                raise ProxyProtocolError(
+                    f"the connection closed after {len(buffer)} bytes of a PROXY protocol header"
+                )
+            self._talking()
+            buffer += data
+            self._proxy_bytes = len(buffer)
+        header, consumed = parsed
+        self.proxy = header
+        self._proxy_bytes = consumed
+        return bytes(buffer[consumed:])
+
     def _timeout_detail(self) -> str:
+        if self._proxy_protocol and self.proxy is None:
+            received = f"{self._proxy_bytes} bytes of it" if self._proxy_bytes else "not a byte"
+            within = _seconds(min(self._hello_timeout, self._handshake_timeout))
+            return f"no complete PROXY protocol header within {within} ({received})"
         if self._engine is None or not self._engine.hello_received:
             return f"no complete ClientHello within {_seconds(self._hello_timeout)}"
         return f"handshake not finished within {_seconds(self._handshake_timeout)}"

@@ -187,6 +187,7 @@ class Server:
         tolerate_ragged_eof: bool,
         plain_http_response: bytes | None,
         on_handshake_error: HandshakeErrorHook | None,
+        proxy_protocol: bool = False,
     ) -> None:
         if max_handshakes < 1:
             raise ValueError(f"max_handshakes must be >= 1, got {max_handshakes!r}")
@@ -206,6 +207,7 @@ class Server:
             "close_timeout": close_timeout,
             "tolerate_ragged_eof": tolerate_ragged_eof,
             "plain_http_response": plain_http_response,
+            "proxy_protocol": proxy_protocol,
         }
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
@@ -533,7 +535,7 @@ class Server:
                 shed = tls_error(
                     driver_result(reason),
                     handshake=True,
-                    peer_address=connection.handshake.peer_address,
+                    peer_address=connection.handshake.client_address,
                 )
                 assert isinstance(shed, HandshakeError)
                 failure = shed
@@ -555,7 +557,7 @@ class Server:
 
     async def _handler_task(self, connection: _Connection, stream: TLSStream) -> None:
         connection.stream = stream
-        peer = stream.info.peer_address
+        peer = stream.info.client_address
         _current_server.set(self)
         try:
             with connection.scope:
@@ -618,6 +620,7 @@ async def open_server(
     tolerate_ragged_eof: bool = False,
     plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
     on_handshake_error: HandshakeErrorHook | None = None,
+    proxy_protocol: bool = False,
 ) -> AsyncGenerator[Server]:
     """Serve TLS while the ``async with`` block runs; yields the :class:`Server`.
 
@@ -650,6 +653,7 @@ async def open_server(
             tolerate_ragged_eof=tolerate_ragged_eof,
             plain_http_response=plain_http_response,
             on_handshake_error=on_handshake_error,
+            proxy_protocol=proxy_protocol,
         )
         async with trio.open_nursery() as nursery:
             server.start(nursery, handler_nursery)
@@ -682,6 +686,7 @@ async def serve_tls(
     tolerate_ragged_eof: bool = False,
     plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
     on_handshake_error: HandshakeErrorHook | None = None,
+    proxy_protocol: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TLS on TCP ``port``, calling ``handler`` with every finished handshake.
@@ -722,6 +727,10 @@ async def serve_tls(
         plain_http_response: See :func:`accept`.
         on_handshake_error: Called with every :exc:`HandshakeError` (its
             ``peer_address`` says who); must not block.
+        proxy_protocol: Every connection starts with a PROXY protocol header (v1 or
+            v2) from the load balancer in front; handlers find the original client in
+            ``stream.info.client_address``. See :func:`accept` and
+            :doc:`/howto/proxy`.
         task_status: Reports the bound ``trio.SocketListener`` objects, exactly as
             :func:`trio.serve_tcp` does.
     """
@@ -742,6 +751,7 @@ async def serve_tls(
         tolerate_ragged_eof=tolerate_ragged_eof,
         plain_http_response=plain_http_response,
         on_handshake_error=on_handshake_error,
+        proxy_protocol=proxy_protocol,
     ) as server:
         listeners = [
             listener for listener in server.listeners if isinstance(listener, trio.SocketListener)

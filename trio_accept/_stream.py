@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
-from ._engine import ErrorKind, Reason, State, TLSEngine
-from ._errors import tls_error
+from ._engine import ErrorKind, Reason, Result, State, TLSEngine
+from ._errors import TLSError, tls_error
 from ._proxy import ProxyHeader
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class TLSInfo:
         server_name: The server name (SNI) the client asked for, or ``None``.
         peer_certificate: The client's verified certificate as
             :meth:`ssl.SSLSocket.getpeercert` returns it, or ``None`` without one.
-        peer_address: The client's address (``getpeername()`` of a socket transport, or
-            what the caller passed), or ``None`` when the transport has none.
+        peer_address: The transport's peer (``getpeername()`` of a socket transport, or
+            what the caller passed), or ``None`` when the transport has none. Behind a
+            load balancer that is the balancer: see :attr:`client_address`.
         handshake_seconds: From the start of :func:`~trio_accept.accept` to the
             handshake's completion, on trio's clock.
         resumed: Whether the client resumed an earlier session (a TLS 1.3 ticket or a
@@ -200,6 +201,17 @@ class TLSStream(trio.abc.Stream):
         if self._status is _Status.OPEN:
             self._status = _Status.BROKEN
 
+    def _error(self, result: Result) -> TLSError:
+        """The exception for a failed read or write, naming the original client."""
+        info = self.info
+        relayed = info.proxy is not None and info.proxy.source is not None
+        return tls_error(
+            result,
+            handshake=False,
+            peer_address=info.client_address,
+            via=info.peer_address if relayed else None,
+        )
+
     async def _send(self, data: bytes) -> None:
         """Send bytes the engine produced, in order; any failure breaks the stream."""
         lock = self._send_lock
@@ -278,9 +290,7 @@ class TLSStream(trio.abc.Stream):
                     self._ragged_eof = True
                 else:
                     self._break()
-                    raise tls_error(
-                        result, handshake=False, peer_address=self.info.peer_address
-                    ) from result.error
+                    raise self._error(result) from result.error
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self.bytes_received += len(result.data)
@@ -307,9 +317,7 @@ class TLSStream(trio.abc.Stream):
             result = self._engine.write(data)
             if result.failed:
                 self._break()
-                raise tls_error(
-                    result, handshake=False, peer_address=self.info.peer_address
-                ) from result.error
+                raise self._error(result) from result.error
             await self._send(self._engine.data_to_send())
             self.bytes_sent += len(data)
 

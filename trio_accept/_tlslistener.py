@@ -55,6 +55,7 @@ class TLSListener(trio.abc.Listener[TLSStream]):
         tolerate_ragged_eof: bool = False,
         plain_http_response: bytes | None = PLAIN_HTTP_RESPONSE,
         on_handshake_error: HandshakeErrorHook | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         self.transport_listener: trio.abc.Listener[trio.abc.Stream] = transport_listener
         # Unbuffered: a finished handshake waits in its own task until accept() takes it.
@@ -73,6 +74,7 @@ class TLSListener(trio.abc.Listener[TLSStream]):
             tolerate_ragged_eof=tolerate_ragged_eof,
             plain_http_response=plain_http_response,
             on_handshake_error=on_handshake_error,
+            proxy_protocol=proxy_protocol,
         )
         self._own_nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None

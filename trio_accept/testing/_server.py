@@ -60,7 +60,8 @@ class ConnectionRecord:
         version: The TLS version agreed on (``None`` if the handshake failed).
         bytes_received: Application bytes received from the client.
         bytes_sent: Application bytes sent to the client.
-        peer_address: The client's address.
+        peer_address: The client's address (behind a load balancer that sends the
+            PROXY protocol, the original client's).
     """
 
     code: int
@@ -88,7 +89,7 @@ class ConnectionRecord:
             version=info.version,
             bytes_received=stream.bytes_received,
             bytes_sent=stream.bytes_sent,
-            peer_address=info.peer_address,
+            peer_address=info.client_address,
         )
 
     @classmethod
