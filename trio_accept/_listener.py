@@ -465,24 +465,35 @@ class Server:
         except HandshakeError as error:
             self._record_failure(error)
             return None
+        except trio.Cancelled:
+            # The hard stop: the server's own nursery is cancelled mid-handshake. The
+            # handshake is counted and reported like one a graceful shutdown sheds.
+            self._record_failure(self._shed_failure(connection))
+            raise
         finally:
             self._handshakes.pop(connection, None)
-        if stream is None:  # shed (evicted, shut down) -- unless it had failed already
-            failure = connection.handshake.failure
-            if failure is None:
-                reason = connection.stop_reason or Reason.SHUTDOWN
-                shed = tls_error(
-                    driver_result(reason),
-                    handshake=True,
-                    peer_address=connection.handshake.peer_address,
-                )
-                assert isinstance(shed, HandshakeError)
-                failure = shed
-            self._record_failure(failure)
+        if stream is None:  # shed (evicted, shut down)
+            self._record_failure(self._shed_failure(connection))
             return None
         self._completed += 1
         connection.scope = trio.CancelScope()  # a fresh one for the handler
         return stream
+
+    def _shed_failure(self, connection: _Connection) -> HandshakeError:
+        """Why a handshake stopped from outside failed: the reason it was shed for
+        (``shutdown`` by default) -- unless it had failed already and was still telling
+        the client why."""
+        failure = connection.handshake.failure
+        if failure is None:
+            reason = connection.stop_reason or Reason.SHUTDOWN
+            shed = tls_error(
+                driver_result(reason),
+                handshake=True,
+                peer_address=connection.handshake.peer_address,
+            )
+            assert isinstance(shed, HandshakeError)
+            failure = shed
+        return failure
 
     def _record_failure(self, error: HandshakeError) -> None:
         self._failed[error.reason] += 1
