@@ -66,7 +66,7 @@ STREAMS: Final = 2
 #: Each case runs at least this many well-behaved clients during its hostile load ...
 MIN_WELL_BEHAVED: Final = 10
 #: ... and at most this many (a bound, should a case run long).
-MAX_WELL_BEHAVED: Final = 2000
+MAX_WELL_BEHAVED: Final = 2000 * SCALE
 
 #: The idle name of a trio worker thread (trio renames it while it runs a job): a thread
 #: trio keeps for reuse, which exits by itself after 10 s without work -- not a leak.
@@ -165,8 +165,9 @@ class Tally:
     """What the server reported about each connection, told apart by the client's port.
 
     The ``on_handshake_error`` hook reports failures, the handler's first line reports
-    completed handshakes. Ports of well-behaved clients are registered the moment they
-    connect (before they send a byte), so everything else is the hostile load's.
+    completed handshakes. A well-behaved client's port is registered the moment it
+    connects (before it sends a byte) until it is done (ports are reused), so everything
+    else is the hostile load's.
     """
 
     def __init__(self) -> None:
@@ -252,7 +253,16 @@ class WellBehaved:
         started = trio.current_time()
         if transport is None:
             transport = await trio.open_tcp_stream("127.0.0.1", self.port)
-        self.tally.legit_ports.add(transport.socket.getsockname()[1])
+        port = transport.socket.getsockname()[1]
+        self.tally.legit_ports.add(port)
+        try:
+            return await self._talk(number, transport, started)
+        finally:
+            # The server has reported this connection by now (its handler started
+            # before the echo). A later connection may reuse the port: a hostile one.
+            self.tally.legit_ports.discard(port)
+
+    async def _talk(self, number: int, transport: trio.SocketStream, started: float) -> float:
         stream = trio.SSLStream(transport, self.client_context, server_hostname="localhost")
         try:
             await stream.do_handshake()
