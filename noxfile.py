@@ -1,4 +1,4 @@
-"""Check suite for trio_accept: ``nox`` runs tests, lint, typing and docs."""
+"""Check suite for trio_accept: ``nox`` runs tests, hostile, lint, typing and docs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "interop", "lint", "typing", "docs"]
+nox.options.sessions = ["tests", "hostile", "interop", "lint", "typing", "docs"]
 
 # Debian package -> the binary that shows it is installed (default: same name).
 _BINARY = {"graphviz": "dot"}
@@ -45,6 +45,7 @@ def tests(session: nox.Session) -> None:
         "pytest",
         "-m",
         "not interop",
+        "--ignore=tests/hostile",  # a session of its own: `nox -s hostile`
         "--cov",
         "--cov-report=term-missing:skip-covered",
         "--cov-report=xml",
@@ -52,12 +53,51 @@ def tests(session: nox.Session) -> None:
     )
 
 
+#: Where the hostile suite writes its report (JSON, Markdown, reStructuredText).
+HOSTILE_REPORT = "build/hostile"
+#: The reliability page's copy of the latest table.
+HOSTILE_DOCS_TABLE = "docs/reliability-latest.txt"
+
+
+def run_hostile(session: nox.Session, *pytest_args: str, scale: int, report: str) -> None:
+    session.install("-e", ".[test]")
+    ensure_debian_packages(session, "openssl")
+    session.run(
+        "pytest",
+        "tests/hostile",
+        *pytest_args,
+        env={"TRIO_ACCEPT_HOSTILE_REPORT": report, "TRIO_ACCEPT_HOSTILE_SCALE": str(scale)},
+    )
+
+
+@nox.session
+def hostile(session: nox.Session) -> None:
+    """The hostile-client suite (docs/reliability.rst): well under a minute.
+
+    ``nox -s hostile -- --update-docs`` also copies the table into the docs.
+    """
+    update_docs = "--update-docs" in session.posargs
+    pytest_args = [arg for arg in session.posargs if arg != "--update-docs"]
+    run_hostile(session, *pytest_args, scale=1, report=HOSTILE_REPORT)
+    if update_docs:
+        shutil.copyfile(f"{HOSTILE_REPORT}/hostile.rst", HOSTILE_DOCS_TABLE)
+        session.log(f"updated {HOSTILE_DOCS_TABLE}")
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The hostile suite, three rounds with ten times the load and the fuzzing (fresh
+    fuzzing inputs each round; a few minutes; not run by default)."""
+    for round_number in (1, 2, 3):
+        run_hostile(session, *session.posargs, scale=10, report=f"build/soak/{round_number}")
+
+
 @nox.session
 def interop(session: nox.Session) -> None:
     """Tests against real external programs as peers: openssl, curl, HAProxy."""
     session.install("-e", ".[test]")
     ensure_debian_packages(session, "openssl", "curl", "haproxy")
-    session.run("pytest", "-m", "interop", *session.posargs)
+    session.run("pytest", "-m", "interop", "--ignore=tests/hostile", *session.posargs)
 
 
 @nox.session

@@ -1,9 +1,13 @@
-"""Helpers shared by the driver tests (test_stream, test_handshake, test_interop)."""
+"""Helpers shared by the driver tests (test_stream, test_handshake, test_interop) and the
+hostile suite (tests/hostile)."""
 
 from __future__ import annotations
 
+import re
 import ssl
-from collections.abc import Callable
+import subprocess
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -128,3 +132,64 @@ def replace_certificate(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
         temporary = path.with_suffix(".new")
         temporary.write_bytes(data)
         temporary.replace(path)
+
+
+async def reap(process: trio.Process) -> None:
+    """Kill ``process`` if it still runs, wait for it, close its pipes."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+
+
+#: A safety net for openssl s_server to start listening (it takes milliseconds).
+S_SERVER_START_GUARD: Final = 20
+_S_SERVER_ACCEPT: Final = re.compile(rb"^ACCEPT .*:(\d+)\r?$", re.MULTILINE)
+
+
+@asynccontextmanager
+async def open_s_server(pem: Path, *options: str) -> AsyncGenerator[int]:
+    """Run ``openssl s_server`` on 127.0.0.1 with the key and certificate chain in
+    ``pem`` (and ``options``); yields its port.
+
+    It picks a free port itself (``-accept 127.0.0.1:0``) and names it in its ``ACCEPT``
+    line, so there is neither a port race nor readiness polling. Its output is drained
+    while it runs (a few lines per connection), its stdin stays open (at EOF it would
+    drop its connection), and it is killed and reaped on the way out.
+    """
+    process = await trio.lowlevel.open_process(
+        [
+            "openssl", "s_server",
+            "-accept", "127.0.0.1:0",
+            "-cert", str(pem),
+            "-key", str(pem),
+            "-no-CAfile", "-no-CApath", "-no-CAstore",
+            *options,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        stdout = process.stdout
+        assert stdout is not None
+        output = bytearray()
+        with trio.fail_after(S_SERVER_START_GUARD):
+            while (match := _S_SERVER_ACCEPT.search(output)) is None:
+                data = await stdout.receive_some()
+                assert data, f"openssl s_server exited: {output.decode(errors='replace')}"
+                output += data
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, stdout)
+            yield int(match.group(1))
+            nursery.cancel_scope.cancel()
+    finally:
+        await reap(process)
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 import trio
 import trustme
-from helpers import MALFORMED, receive_until_eof
+from helpers import MALFORMED, open_s_server, receive_until_eof
 
 import trio_accept
 from trio_accept import Reason
@@ -23,8 +23,6 @@ pytestmark = pytest.mark.interop
 
 # Safety nets against a hung peer (real clock); every exchange takes milliseconds.
 GUARD: Final = 20
-#: How often to try connecting to a freshly started openssl s_server (every 50 ms).
-READY_ATTEMPTS: Final = 200
 
 VERSIONS: Final = [
     pytest.param(ssl.TLSVersion.TLSv1_3, "TLSv1.3", id="tls1.3"),
@@ -132,50 +130,13 @@ async def test_openssl_s_client(
 # -- alert parity with openssl s_server -------------------------------------------------
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it; a race is possible but rare)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def s_server_port(server_cert: trustme.LeafCert, tmp_path: Path) -> AsyncIterator[int]:
     """``openssl s_server`` with our server certificate, listening on 127.0.0.1."""
     pem = tmp_path / "server.pem"
     server_cert.private_key_and_cert_chain_pem.write_to_path(pem)
-    port = free_port()
-    process = await trio.lowlevel.open_process(
-        [
-            "openssl", "s_server",
-            "-accept", f"127.0.0.1:{port}",
-            "-cert", str(pem),
-            "-key", str(pem),
-            "-no-CAfile", "-no-CApath", "-no-CAstore",
-            "-quiet",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(READY_ATTEMPTS):
-            try:
-                probe = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                assert process.poll() is None, "openssl s_server exited"
-                await trio.sleep(0.05)  # readiness polling of an external server
-            else:
-                await probe.aclose()
-                break
-        else:
-            pytest.fail("openssl s_server did not start listening")
+    async with open_s_server(pem) as port:
         yield port
-    finally:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
 
 
 async def answer_to(port: int, data: bytes) -> bytes:

@@ -249,6 +249,7 @@ _OPENSSL_REASONS: Final[Mapping[str, Reason]] = {
     "HTTPS_PROXY_REQUEST": Reason.PLAIN_HTTP,
     "WRONG_VERSION_NUMBER": Reason.WRONG_VERSION,
     "UNSUPPORTED_PROTOCOL": Reason.UNSUPPORTED_VERSION,
+    "UNKNOWN_PROTOCOL": Reason.UNSUPPORTED_VERSION,  # an SSL 2.0 ClientHello
     "VERSION_TOO_LOW": Reason.UNSUPPORTED_VERSION,
     "TLSV1_ALERT_PROTOCOL_VERSION": Reason.UNSUPPORTED_VERSION,
     "NO_SHARED_CIPHER": Reason.NO_SHARED_CIPHER,
@@ -280,8 +281,10 @@ _PEER_ALERT_PREFIXES: Final = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 _UNKNOWN_ISSUER_CODES: Final = frozenset({2, 18, 19, 20, 21})
 # An HTTP request line starts with an upper-case method token and a space
 # ("GET ", "OPTIONS ", "PRI " for the HTTP/2 preface). OpenSSL itself recognises only
-# GET/POST/HEAD/PUT/CONNECT; other methods surface as WRONG_VERSION_NUMBER.
-_HTTP_METHOD: Final = re.compile(rb"[A-Z]{3,10} ")
+# GET/POST/HEAD/PUT/CONNECT; other methods surface as WRONG_VERSION_NUMBER. A PROXY
+# protocol v1 line ("PROXY TCP4 ...") looks like one but is not HTTP: it stays
+# WRONG_VERSION, and gets no HTTP answer (a load balancer would relay it to its client).
+_HTTP_METHOD: Final = re.compile(rb"(?!PROXY )[A-Z]{3,10} ")
 
 
 @final

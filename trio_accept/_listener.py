@@ -13,7 +13,7 @@ out:
 
 - ``max_handshakes`` bounds talking handshakes. When a connection starts talking and the
   bound is passed, the talking handshake with the worst *progress rate* is shed (reason
-  ``evicted``): ``(bytes received + PROGRESS_CREDIT) / seconds since its first byte``,
+  ``evicted``): ``(bytes received + PROGRESS_CREDIT) / seconds since accept``,
   oldest first on ties. A hard cap that refuses newcomers is what stalled clients exploit
   (the Rust tls-listener Slowloris advisory); shedding the slowest costs them their slot
   and costs a legitimate client nothing. Silent connections outside the bound mean an
@@ -156,8 +156,7 @@ class _Connection:
         self.stream: TLSStream | None = None
 
     def progress_rate(self, now: float) -> float:
-        since = self.handshake.talking_since
-        elapsed = 0.0 if since is None else now - since
+        elapsed = now - self.handshake.started_at
         if elapsed <= 0:
             return math.inf
         return (self.handshake.bytes_received + PROGRESS_CREDIT) / elapsed
@@ -525,25 +524,36 @@ class Server:
         except HandshakeError as error:
             self._record_failure(error)
             return None
+        except trio.Cancelled:
+            # The hard stop: the server's own nursery is cancelled mid-handshake. The
+            # handshake is counted and reported like one a graceful shutdown sheds.
+            self._record_failure(self._shed_failure(connection))
+            raise
         finally:
             self._silent.pop(connection, None)
             self._handshakes.pop(connection, None)
-        if stream is None:  # shed (evicted, shut down) -- unless it had failed already
-            failure = connection.handshake.failure
-            if failure is None:
-                reason = connection.stop_reason or Reason.SHUTDOWN
-                shed = tls_error(
-                    driver_result(reason),
-                    handshake=True,
-                    peer_address=connection.handshake.client_address,
-                )
-                assert isinstance(shed, HandshakeError)
-                failure = shed
-            self._record_failure(failure)
+        if stream is None:  # shed (evicted, shut down)
+            self._record_failure(self._shed_failure(connection))
             return None
         self._completed += 1
         connection.scope = trio.CancelScope()  # a fresh one for the handler
         return stream
+
+    def _shed_failure(self, connection: _Connection) -> HandshakeError:
+        """Why a handshake stopped from outside failed: the reason it was shed for
+        (``shutdown`` by default) -- unless it had failed already and was still telling
+        the client why."""
+        failure = connection.handshake.failure
+        if failure is None:
+            reason = connection.stop_reason or Reason.SHUTDOWN
+            shed = tls_error(
+                driver_result(reason),
+                handshake=True,
+                peer_address=connection.handshake.client_address,
+            )
+            assert isinstance(shed, HandshakeError)
+            failure = shed
+        return failure
 
     def _record_failure(self, error: HandshakeError) -> None:
         self._failed[error.reason] += 1
