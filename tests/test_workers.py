@@ -17,6 +17,8 @@ import trustme
 from clitools import (
     PROCESS_DEADLINE,
     Serve,
+    connect,
+    echo_line,
     pid_alive,
     plain_http,
     read_all,
@@ -233,3 +235,59 @@ async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
     assert status == 0
     assert list(scratch.iterdir()) == []
     assert "Traceback" not in log
+
+
+def running_pid(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
+    async with serve(arguments, env={"TMPDIR": str(scratch)}) as server:
+        pids = worker_pids(server)
+        server.process.kill()  # SIGKILL: no chance to stop anyone
+        for _ in pids:
+            await server.logged("the supervisor is gone: shutting down")
+        # They are not our children, but a pidfd says when they exit all the same.
+        with trio.fail_after(PROCESS_DEADLINE):
+            for pid in pids:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue  # gone already
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
+        assert not any(running_pid(pid) for pid in pids)
+        log = await server.stderr.read_all()
+    assert log.count("stopped; stats:") == 2
+
+
+async def test_a_second_signal_stops_the_workers_at_once(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--shutdown-grace", "600"]
+    arguments += ["--handler", "cli_handlers:stubborn_echo"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        context = trusting(tmp_path / "dev-ca.pem")
+        with await trio.to_thread.run_sync(connect, server.port, context) as tls:
+            assert await trio.to_thread.run_sync(echo_line, tls, b"hi\n") == b"hi\n"
+            server.process.send_signal(signal.SIGTERM)
+            await server.logged("SIGTERM: shutting down 2 workers gracefully")
+            for _ in pids:  # each worker got it, once
+                await server.logged("SIGTERM: shutting down gracefully (again to stop at once)")
+            # The worker holding the connection waits for its handler (for 600 s) ...
+            assert server.process.returncode is None
+            status, log = await server.stop(signal.SIGTERM)  # ... until a second signal.
+    assert status == 0
+    assert "SIGTERM again: stopping the workers now" in log
+    assert "SIGTERM again: stopping now" in log
+    for pid in pids:
+        assert not pid_alive(pid)
