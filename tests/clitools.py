@@ -168,7 +168,7 @@ async def serve(
             if "--cert" not in arguments and "--config" not in arguments:
                 expected.append(("", "curl "))
             for option, start in expected:
-                if option in arguments:
+                if not option or option in arguments:
                     await stdout.read_until(partial(_starts_with, start))
         yield Serve(
             process,
