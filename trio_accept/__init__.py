@@ -21,12 +21,15 @@ from ._engine import TLSEngine as TLSEngine
 from ._errors import HandshakeError as HandshakeError
 from ._errors import TLSError as TLSError
 from ._handshake import accept as accept
+from ._info import info_handler as info_handler
 from ._listener import Server as Server
 from ._listener import ServerStats as ServerStats
 from ._listener import current_server as current_server
 from ._listener import open_server as open_server
 from ._listener import serve_tls as serve_tls
 from ._proxy import ProxyHeader as ProxyHeader
+from ._relay import parse_host_port as parse_host_port
+from ._relay import relay_handler as relay_handler
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
 from ._tlslistener import TLSListener as TLSListener
@@ -61,9 +64,12 @@ for _obj in (
     current_server,
     dev_ca_path,
     dev_context,
+    info_handler,
     load_certificate,
     open_server,
     open_tls_listeners,
+    parse_host_port,
+    relay_handler,
     serve_tls,
     server_context,
 ):
