@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import trio
 
@@ -51,3 +52,8 @@ async def environment(stream: trio_accept.TLSStream) -> None:
     """Say what the process's environment holds of systemd's socket activation."""
     values = " ".join(f"{name}={os.environ.get(name)}" for name in ("LISTEN_FDS", "LISTEN_PID"))
     await stream.send_all(f"{values}\n".encode())
+
+
+async def blocking(stream: trio_accept.TLSStream) -> None:
+    """Block the whole process (a handler bug): it cannot even see signals any more."""
+    time.sleep(600)  # noqa: ASYNC251 - the bug being demonstrated

@@ -910,6 +910,8 @@ def test_stats_line() -> None:
 async def test_stats_on_sigusr1_and_every_interval(tmp_path: Path) -> None:
     async with serve(["--dev-ca", str(tmp_path)]) as server:
         await trio.to_thread.run_sync(plain_http, server.port)
+        # The client may see the answer before the server counts the failure: its line.
+        await server.logged("the client sent plain HTTP to a TLS port")
         server.process.send_signal(signal.SIGUSR1)
         line = await server.logged("stats: ")
         assert "1 accepted, 0 handshaking, 0 completed, 1 failed (plain-http 1)" in line
@@ -1002,3 +1004,71 @@ def test_python_dash_m_runs_the_command() -> None:
         [*COMMAND, "--help"], capture_output=True, text=True, check=True, timeout=PROCESS_DEADLINE
     )
     assert result.stdout.startswith("usage: trio-accept")
+
+
+# -- TLS settings reach the server -----------------------------------------------------------
+
+
+async def test_tls_settings_reach_the_server(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    default, other = ca.issue_cert("localhost"), ca.issue_cert("other.test")
+    replace_certificate(default, tmp_path / "cert.pem", tmp_path / "key.pem")
+    replace_certificate(other, tmp_path / "other.pem", tmp_path / "other-key.pem")
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(tmp_path / "clients.pem"))
+    arguments = [
+        *("--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")),
+        *("--sni", f"other.test={tmp_path / 'other.pem'}:{tmp_path / 'other-key.pem'}"),
+        *("--profile", "modern", "--alpn", "h2,http/1.1"),
+        *("--client-ca", str(tmp_path / "clients.pem"), "--handler", "cli_handlers:pid"),
+    ]
+
+    def client(*, tls12: bool = False, with_cert: bool = True) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        context.set_alpn_protocols(["h2"])
+        if tls12:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+        if with_cert:
+            client_ca.issue_cert("client@example.test").configure_cert(context)
+        return context
+
+    def talk(context: ssl.SSLContext, name: str) -> tuple[bytes, str | None, bytes]:
+        with connect(server.port, context, server_hostname=name) as tls:
+            certificate = tls.getpeercert(binary_form=True)
+            assert certificate is not None
+            return certificate, tls.selected_alpn_protocol(), tls.recv(100)
+
+    async with serve(arguments) as server:
+        certificate, alpn, answer = await trio.to_thread.run_sync(talk, client(), "localhost")
+        assert (certificate, alpn) == (der(default), "h2")
+        assert answer == f"{server.process.pid}\n".encode()
+        certificate, _, _ = await trio.to_thread.run_sync(talk, client(), "other.test")
+        assert certificate == der(other)
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):  # modern: TLS 1.3 only
+            await trio.to_thread.run_sync(talk, client(tls12=True), "localhost")
+        # The client certificate is required (TLS 1.3: the refusal comes after the
+        # client's side of the handshake, at the first read).
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            await trio.to_thread.run_sync(talk, client(with_cert=False), "localhost")
+        status, _ = await server.stop()
+    assert status == 0
+
+
+async def test_watch_reloads_when_the_files_change(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    first, second = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    replace_certificate(first, cert, key)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    arguments = ["--cert", str(cert), "--key", str(key), "--watch", "0.05"]
+    async with serve(arguments) as server:
+        _, certificate = await trio.to_thread.run_sync(echo_once, server.port, client_context)
+        assert certificate == der(first)
+        replace_certificate(second, cert, key)  # no signal: the files changed
+        await server.logged("certificates reloaded")
+        _, certificate = await trio.to_thread.run_sync(echo_once, server.port, client_context)
+        assert certificate == der(second)
+        status, _ = await server.stop()
+    assert status == 0

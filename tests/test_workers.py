@@ -237,6 +237,14 @@ async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
     assert "Traceback" not in log
 
 
+def uids(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uids of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(number) for number in line.split()[1:]]
+    raise AssertionError(f"no Uid line for {pid}")
+
+
 def running_pid(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for a parent to reap it does not)."""
     try:
@@ -291,3 +299,50 @@ async def test_a_second_signal_stops_the_workers_at_once(tmp_path: Path) -> None
     assert "SIGTERM again: stopping now" in log
     for pid in pids:
         assert not pid_alive(pid)
+
+
+async def test_a_worker_stuck_past_its_grace_is_killed(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--handler", "cli_handlers:blocking"]
+    arguments += ["--shutdown-grace", "0", "--close-timeout", "0.1"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        context = trusting(tmp_path / "dev-ca.pem")
+        with await trio.to_thread.run_sync(connect, server.port, context):
+            # The stuck worker no longer reads signals; the other stops at once.
+            status, log = await server.stop(signal.SIGTERM)
+    assert status == 0
+    assert re.search(r"worker \d \(pid \d+\) is still running after 5\.1 s: killing it", log)
+    assert "killed by SIGKILL" in log
+    for pid in pids:
+        assert not pid_alive(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_workers_switch_user_and_still_write_metrics(tmp_path: Path) -> None:
+    import pwd  # noqa: PLC0415
+
+    pytest.importorskip("prometheus_client")
+    nobody = pwd.getpwnam("nobody")
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--user", "nobody"]
+    arguments += ["--metrics", "127.0.0.1:0", "--handler", "cli_handlers:pid"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        for pid in pids:
+            assert uids(pid) == [nobody.pw_uid] * 4
+        assert uids(server.process.pid) == [0] * 4
+        context = trusting(tmp_path / "dev-ca.pem")
+        seen, connections = await trio.to_thread.run_sync(
+            who_answers, server.port, context, set(pids)
+        )
+        assert seen == set(pids)
+        url = server.banner_line("metrics:").split()[-1]
+        completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
+        with trio.fail_after(PROCESS_DEADLINE):
+            while True:  # the workers copy their counters every second
+                if (await trio.to_thread.run_sync(scrape, url)).get(completed) == connections:
+                    break
+                await trio.sleep(0.1)
+        status_code, log = await server.stop()
+    assert status_code == 0
+    assert "workers switch to uid" in log
+    assert "Traceback" not in log

@@ -426,15 +426,17 @@ def _serve_here(plan: _Plan, *, worker: int | None, lifeline: int | None) -> int
         try:
             if settings.metrics is not None and worker is None:
                 metrics_server = _metrics_server(settings.metrics)
-            who = identity(settings.user, settings.group)
-            if who is not None:
-                drop_privileges(who)
             metrics = None
             if settings.metrics is not None:
                 # A worker's values go to the supervisor's directory (multiprocess mode).
+                # Made before the switch of user, like everything else that imports or
+                # opens files: the switched-to user may not be able to read them.
                 metrics = Metrics(metrics_server.registry if metrics_server else None)
                 metrics.set_expiry(plan.certificates.expiries)
                 plan.certificates.on_load = metrics.set_expiry
+            who = identity(settings.user, settings.group)
+            if who is not None:
+                drop_privileges(who)
         except (SetupError, MetricsUnavailable) as exc:
             return _error(str(exc))
         try:

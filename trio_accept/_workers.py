@@ -16,7 +16,8 @@ The supervisor's duties, and how each is done:
   (:mod:`._systemd`) to a datagram socket of the supervisor's, which learns each
   sender's pid from the kernel (``SO_PASSCRED``). The banner is printed, and systemd
   told ``READY=1``, once every worker is ready; a worker that exits before it was ever
-  ready stops the whole start (it printed why).
+  ready stops the whole start (it printed why), and so do workers not all ready within
+  :data:`STARTUP_TIMEOUT`.
 - **Restart the dead.** A worker that exits unasked is logged and restarted, at once if it
   had been running for :data:`HEALTHY_UPTIME`, else after a delay that doubles from
   :data:`FIRST_RESTART_DELAY` up to :data:`MAX_RESTART_DELAY`: a crash loop does not spin.
@@ -62,6 +63,9 @@ KILL_MARGIN: Final = 5.0
 #: Seconds to wait for every worker's ``READY=1`` after a SIGHUP before telling systemd
 #: that the reload is over anyway.
 RELOAD_WAIT: Final = 30.0
+#: Seconds the workers get to be ready at startup (loading certificates, binding); past
+#: it, the start is given up, as if a worker had failed.
+STARTUP_TIMEOUT: Final = 60.0
 #: The largest notification datagram read (systemd's own limit is similar).
 NOTIFY_SIZE: Final = 4096
 #: ``struct ucred`` (pid, uid, gid), as the kernel attaches it with ``SO_PASSCRED``.
@@ -159,12 +163,16 @@ class Supervisor:
         try:
             notifications.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             await notifications.bind(str(self._notify_path))
+            # Writable by the workers even after they switch user: the directory (the
+            # supervisor's, 0700, given to that user) is what keeps others out.
+            os.chmod(self._notify_path, 0o666)
             self._env["NOTIFY_SOCKET"] = str(self._notify_path)
             with trio.open_signal_receiver(*FORWARDED) as signals:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._receive_notifications, notifications)
                     nursery.start_soon(self._watch_signals, signals, nursery)
+                    nursery.start_soon(self._startup_deadline)
                     async with trio.open_nursery() as workers:
                         for slot in self._slots:
                             workers.start_soon(self._keep_running, slot, lifeline_read)
@@ -221,6 +229,11 @@ class Supervisor:
             )
             with trio.move_on_after(slot.delay):
                 await self._stopping.wait()
+
+    async def _startup_deadline(self) -> None:
+        await trio.sleep(STARTUP_TIMEOUT)
+        if not self._announced:
+            self._fail(f"the workers were not all ready after {STARTUP_TIMEOUT:g} s; stopping")
 
     def _fail(self, message: str) -> None:
         if self._failed is None:
