@@ -12,7 +12,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "hostile", "interop", "lint", "typing", "docs"]
 
 # Debian package -> the binary that shows it is installed (default: same name).
-_BINARY = {"graphviz": "dot"}
+_BINARY = {"graphviz": "dot", "libnss3-tools": "certutil"}
 
 
 def ensure_debian_packages(session: nox.Session, *packages: str) -> None:
@@ -94,9 +94,9 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def interop(session: nox.Session) -> None:
-    """Tests against real external programs as peers: openssl, curl, HAProxy."""
+    """Tests against real external programs as peers: openssl, curl, HAProxy, Chromium."""
     session.install("-e", ".[test]")
-    ensure_debian_packages(session, "openssl", "curl", "haproxy")
+    ensure_debian_packages(session, "openssl", "curl", "haproxy", "chromium", "libnss3-tools")
     session.run("pytest", "-m", "interop", "--ignore=tests/hostile", *session.posargs)
 
 

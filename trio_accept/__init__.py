@@ -21,6 +21,7 @@ from ._engine import TLSEngine as TLSEngine
 from ._errors import HandshakeError as HandshakeError
 from ._errors import TLSError as TLSError
 from ._handshake import accept as accept
+from ._info import info_handler as info_handler
 from ._listener import Server as Server
 from ._listener import ServerStats as ServerStats
 from ._listener import current_server as current_server
@@ -32,6 +33,8 @@ from ._proxy import ProxySSL as ProxySSL
 from ._proxy import encode_proxy_v1 as encode_proxy_v1
 from ._proxy import encode_proxy_v2 as encode_proxy_v2
 from ._proxy import parse_proxy_header as parse_proxy_header
+from ._relay import parse_host_port as parse_host_port
+from ._relay import relay_handler as relay_handler
 from ._stream import TLSInfo as TLSInfo
 from ._stream import TLSStream as TLSStream
 from ._tlslistener import TLSListener as TLSListener
@@ -70,10 +73,13 @@ for _obj in (
     dev_context,
     encode_proxy_v1,
     encode_proxy_v2,
+    info_handler,
     load_certificate,
     open_server,
     open_tls_listeners,
+    parse_host_port,
     parse_proxy_header,
+    relay_handler,
     serve_tls,
     server_context,
 ):

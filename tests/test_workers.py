@@ -1,0 +1,348 @@
+"""``trio-accept serve --workers N``: real processes sharing a real port, real signals."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from clitools import (
+    PROCESS_DEADLINE,
+    Serve,
+    connect,
+    echo_line,
+    pid_alive,
+    plain_http,
+    read_all,
+    serve,
+    trusting,
+)
+from helpers import replace_certificate
+
+from trio_accept._workers import (
+    FIRST_RESTART_DELAY,
+    HEALTHY_UPTIME,
+    MAX_RESTART_DELAY,
+    describe_exit,
+    restart_delay,
+)
+
+#: Connections a test may make to see every worker answer at least once. The kernel
+#: spreads connections over SO_REUSEPORT sockets by a hash of the client's address and
+#: port, so each new connection is a fresh coin toss: 2**-99 for one worker never to
+#: answer 100 tosses.
+ENOUGH_CONNECTIONS = 100
+
+
+def children(pid: int) -> set[int]:
+    """The pids of a process's children, from /proc."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def worker_pids(server: Serve) -> list[int]:
+    match = re.fullmatch(r"workers: (\d+) \(pids (.*)\)", server.banner_line("workers:"))
+    assert match is not None
+    pids = [int(pid) for pid in match.group(2).split(", ")]
+    assert len(pids) == int(match.group(1))
+    return pids
+
+
+def who_answers(port: int, context: ssl.SSLContext, wanted: set[int]) -> tuple[set[int], int]:
+    """Connect (pid handler) until every pid in ``wanted`` has answered; returns the pids
+    that answered and how many connections it took."""
+    seen: set[int] = set()
+    for count in range(1, ENOUGH_CONNECTIONS + 1):
+        seen.add(int(read_all(port, context)))
+        if seen >= wanted:
+            return seen, count
+    return seen, ENOUGH_CONNECTIONS
+
+
+def test_restart_delays() -> None:
+    assert restart_delay(0.0, uptime=0.1) == FIRST_RESTART_DELAY
+    assert restart_delay(FIRST_RESTART_DELAY, uptime=0.1) == 2 * FIRST_RESTART_DELAY
+    assert restart_delay(MAX_RESTART_DELAY, uptime=0.1) == MAX_RESTART_DELAY
+    assert restart_delay(MAX_RESTART_DELAY, uptime=HEALTHY_UPTIME) == 0.0
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exited with status 3"
+
+
+async def test_workers_share_the_port_are_restarted_and_all_stop(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--handler", "cli_handlers:pid"]
+    async with serve(arguments, env={"TMPDIR": str(scratch)}) as server:
+        context = trusting(tmp_path / "dev-ca.pem")
+        supervisor = server.process.pid
+        first, second = worker_pids(server)
+        assert children(supervisor) == {first, second}
+        # Both serve, on the one port.
+        seen, _ = await trio.to_thread.run_sync(who_answers, server.port, context, {first, second})
+        assert seen == {first, second}
+        assert [path.name.startswith("trio-accept-") for path in scratch.iterdir()] == [True]
+
+        # A worker killed is logged and replaced; while it is down the other one serves.
+        os.kill(first, signal.SIGKILL)
+        await server.logged(
+            f"worker 0 (pid {first}) killed by SIGKILL; restarting it in {FIRST_RESTART_DELAY:g} s"
+        )
+        ready = await server.logged("worker 0 (pid")
+        while "ready" not in ready:
+            ready = await server.logged("worker 0 (pid")
+        match = re.search(r"worker 0 \(pid (\d+)\) ready", ready)
+        assert match is not None
+        replacement = int(match.group(1))
+        assert replacement not in {first, second}
+        assert children(supervisor) == {replacement, second}
+        seen, _ = await trio.to_thread.run_sync(
+            who_answers, server.port, context, {replacement, second}
+        )
+        assert seen == {replacement, second}
+
+        # Dying young again: the delay doubles (a crash loop does not spin).
+        os.kill(replacement, signal.SIGKILL)
+        await server.logged(
+            f"worker 0 (pid {replacement}) killed by SIGKILL; restarting it in "
+            f"{2 * FIRST_RESTART_DELAY:g} s"
+        )
+        await server.logged("ready")
+        third = children(supervisor) - {second}
+        assert len(third) == 1
+
+        status, log = await server.stop(signal.SIGTERM)
+    assert status == 0
+    assert "SIGTERM: shutting down 2 workers gracefully" in log
+    assert log.count("shutting down: 0 handshakes shed") == 2  # each worker, gracefully
+    for pid in (first, second, replacement, *third):
+        assert not pid_alive(pid)
+    assert list(scratch.iterdir()) == []  # the supervisor's directory is gone
+    assert "Traceback" not in log
+
+
+async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    old, new = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    replace_certificate(old, cert, key)
+    arguments = ["--cert", str(cert), "--key", str(key), "--workers", "2"]
+    async with serve([*arguments, "--handler", "cli_handlers:pid"]) as server:
+        pids = worker_pids(server)
+        replace_certificate(new, cert, key)
+        server.process.send_signal(signal.SIGHUP)
+        reloaded = {await server.logged("certificates reloaded") for _ in pids}
+        assert {int(re.findall(r"worker \d \[(\d+)\]", line)[0]) for line in reloaded} == set(pids)
+        status, log = await server.stop()
+    assert status == 0
+    assert "SIGHUP: reloading the certificates in every worker" in log
+
+
+async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
+    arguments += ["--handler", "cli_worker_fails:handler"]
+    from clitools import COMMAND, running  # noqa: PLC0415
+
+    argv = [*COMMAND, "serve", "--port", "0", *arguments]
+    async with running(argv) as (process, stdout, stderr):
+        with trio.fail_after(PROCESS_DEADLINE):
+            status = await process.wait()
+            log = await stderr.read_all()
+            out = await stdout.read_all()
+    assert status == 1
+    assert "this module refuses to load in a worker" in log
+    match = re.search(r"worker (\d) \(pid (\d+)\) exited with status 2 before it was ready", log)
+    assert match is not None
+    assert "TLS" not in out  # no banner: it never served
+    for pid in re.findall(r"\(pid (\d+)\) started", log):
+        assert not pid_alive(int(pid))
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a Prometheus endpoint, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    ca = trustme.CA()
+    expires = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
+        days=30
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    replace_certificate(ca.issue_cert("localhost", not_after=expires), cert, key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    arguments = ["--cert", str(cert), "--key", str(key), "--workers", "2"]
+    arguments += ["--metrics", "127.0.0.1:0", "--handler", "cli_handlers:pid"]
+    async with serve(arguments, env={"TMPDIR": str(scratch)}) as server:
+        url = server.banner_line("metrics:").split()[-1]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url)
+        pids = worker_pids(server)
+        seen, connections = await trio.to_thread.run_sync(
+            who_answers, server.port, context, set(pids)
+        )
+        assert seen == set(pids)
+        await trio.to_thread.run_sync(plain_http, server.port)
+
+        completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
+        plain = ("trio_accept_handshakes_total", (("reason", "plain-http"), ("result", "failed")))
+        # The workers copy their counters every second: poll, within bounds.
+        with trio.fail_after(PROCESS_DEADLINE):
+            while True:
+                before = time.time()
+                samples = await trio.to_thread.run_sync(scrape, url)
+                if samples.get(completed) == connections and samples.get(plain) == 1:
+                    break
+                await trio.sleep(0.1)
+        assert samples[("trio_accept_connections_accepted_total", ())] == connections + 1
+        assert samples[("trio_accept_handshake_duration_seconds_count", ())] == connections
+        assert samples[("trio_accept_connections_active", ())] == 0
+        default = (("certificate", "default"),)
+        assert samples[("trio_accept_certificate_expiry_timestamp_seconds", default)] == (
+            expires.timestamp()
+        )
+        left = samples[("trio_accept_certificate_expiry_seconds", default)]
+        assert 29 * 86400 < left <= expires.timestamp() - before
+        status, log = await server.stop()
+    assert status == 0
+    assert list(scratch.iterdir()) == []
+    assert "Traceback" not in log
+
+
+def uids(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uids of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(number) for number in line.split()[1:]]
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def running_pid(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
+    async with serve(arguments, env={"TMPDIR": str(scratch)}) as server:
+        pids = worker_pids(server)
+        server.process.kill()  # SIGKILL: no chance to stop anyone
+        for _ in pids:
+            await server.logged("the supervisor is gone: shutting down")
+        # They are not our children, but a pidfd says when they exit all the same.
+        with trio.fail_after(PROCESS_DEADLINE):
+            for pid in pids:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue  # gone already
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
+        assert not any(running_pid(pid) for pid in pids)
+        log = await server.stderr.read_all()
+    assert log.count("stopped; stats:") == 2
+
+
+async def test_a_second_signal_stops_the_workers_at_once(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--shutdown-grace", "600"]
+    arguments += ["--handler", "cli_handlers:stubborn_echo"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        context = trusting(tmp_path / "dev-ca.pem")
+        with await trio.to_thread.run_sync(connect, server.port, context) as tls:
+            assert await trio.to_thread.run_sync(echo_line, tls, b"hi\n") == b"hi\n"
+            server.process.send_signal(signal.SIGTERM)
+            await server.logged("SIGTERM: shutting down 2 workers gracefully")
+            for _ in pids:  # each worker got it, once
+                await server.logged("SIGTERM: shutting down gracefully (again to stop at once)")
+            # The worker holding the connection waits for its handler (for 600 s) ...
+            assert server.process.returncode is None
+            status, log = await server.stop(signal.SIGTERM)  # ... until a second signal.
+    assert status == 0
+    assert "SIGTERM again: stopping the workers now" in log
+    assert "SIGTERM again: stopping now" in log
+    for pid in pids:
+        assert not pid_alive(pid)
+
+
+async def test_a_worker_stuck_past_its_grace_is_killed(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--handler", "cli_handlers:blocking"]
+    arguments += ["--shutdown-grace", "0", "--close-timeout", "0.1"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        context = trusting(tmp_path / "dev-ca.pem")
+        with await trio.to_thread.run_sync(connect, server.port, context):
+            # The stuck worker no longer reads signals; the other stops at once.
+            status, log = await server.stop(signal.SIGTERM)
+    assert status == 0
+    assert re.search(r"worker \d \(pid \d+\) is still running after 5\.1 s: killing it", log)
+    assert "killed by SIGKILL" in log
+    for pid in pids:
+        assert not pid_alive(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_workers_switch_user_and_still_write_metrics(tmp_path: Path) -> None:
+    import pwd  # noqa: PLC0415
+
+    pytest.importorskip("prometheus_client")
+    nobody = pwd.getpwnam("nobody")
+    arguments = ["--dev-ca", str(tmp_path), "--workers", "2", "--user", "nobody"]
+    arguments += ["--metrics", "127.0.0.1:0", "--handler", "cli_handlers:pid"]
+    async with serve(arguments) as server:
+        pids = worker_pids(server)
+        for pid in pids:
+            assert uids(pid) == [nobody.pw_uid] * 4
+        assert uids(server.process.pid) == [0] * 4
+        context = trusting(tmp_path / "dev-ca.pem")
+        seen, connections = await trio.to_thread.run_sync(
+            who_answers, server.port, context, set(pids)
+        )
+        assert seen == set(pids)
+        url = server.banner_line("metrics:").split()[-1]
+        completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
+        with trio.fail_after(PROCESS_DEADLINE):
+            while True:  # the workers copy their counters every second
+                if (await trio.to_thread.run_sync(scrape, url)).get(completed) == connections:
+                    break
+                await trio.sleep(0.1)
+        status_code, log = await server.stop()
+    assert status_code == 0
+    assert "workers switch to uid" in log
+    assert "Traceback" not in log
