@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -511,6 +512,47 @@ async def test_serve_info_with_curl(tmp_path: Path) -> None:
         assert facts["request"]["path"] == "/"
         status, _ = await server.stop()
     assert status == 0
+
+
+def _info_through_proxy_header(
+    port: int, context: ssl.SSLContext, header: bytes
+) -> dict[str, Any]:
+    """What the info handler says of a connection that opens with a PROXY header."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    return cast("dict[str, Any]", json.loads(answer.partition(b"\r\n\r\n")[2]))
+
+
+async def test_serve_proxy_protocol_shows_the_original_client(tmp_path: Path) -> None:
+    from trio_accept import encode_proxy_v1, encode_proxy_v2  # noqa: PLC0415
+
+    arguments = ["--dev-ca", str(tmp_path), "--handler", "info", "--proxy-protocol"]
+    async with serve(arguments) as server:
+        context = trusting(tmp_path / "dev-ca.pem")
+        for header in (
+            encode_proxy_v1(("203.0.113.7", 4242), ("127.0.0.1", server.port)),
+            encode_proxy_v2(("2001:db8::7", 4343, 0, 0), ("::1", server.port, 0, 0)),
+        ):
+            facts = await trio.to_thread.run_sync(
+                _info_through_proxy_header, server.port, context, header
+            )
+            client = facts["client_address"]
+            assert (client["host"], client["port"]) in (
+                ("203.0.113.7", 4242),
+                ("2001:db8::7", 4343),
+            )
+            assert facts["peer_address"]["host"] == "127.0.0.1"
+        # A client that connects directly is refused (no header), and counted.
+        with pytest.raises((ssl.SSLError, OSError)):
+            await trio.to_thread.run_sync(connect, server.port, context)
+        status, log = await server.stop()
+    assert status == 0
+    assert "proxy-protocol" in log
 
 
 class _Upstream(BaseHTTPRequestHandler):
