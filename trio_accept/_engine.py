@@ -87,6 +87,8 @@ class ErrorKind(enum.Enum):
     ZERO_RETURN = "SSL_ERROR_ZERO_RETURN"
     """The peer sent close_notify: a controlled shutdown."""
 
+    __hash__ = object.__hash__  # see State
+
 
 class Reason(enum.StrEnum):
     """Why a handshake or connection ended: short, stable, machine-readable.
@@ -159,6 +161,10 @@ class State(enum.Enum):
     FAILED = "failed"
     """A fatal error ended the connection. Only :meth:`TLSEngine.data_to_send` remains."""
 
+    # Members hash by identity, as they compare. Enum's own __hash__ is Python code,
+    # and the state table is consulted on every stepping call (two enums a lookup).
+    __hash__ = object.__hash__
+
 
 class Operation(enum.Enum):
     """The stepping calls of :class:`TLSEngine`."""
@@ -167,6 +173,8 @@ class Operation(enum.Enum):
     READ = "read"
     WRITE = "write"
     SHUTDOWN = "shutdown"
+
+    __hash__ = object.__hash__  # see State
 
 
 _H, _E, _PC, _LC, _C, _F = (
@@ -306,6 +314,7 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_close_seen",
         "_deferred",
         "_eof",
         "_hello",
@@ -323,6 +332,8 @@ class TLSEngine:
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._state = State.HANDSHAKING
         self._eof = False
+        # The peer's close_notify was met behind data that read() returned first.
+        self._close_seen = False
         self._hello = ClientHelloReader()
         # TLS 1.3 session tickets held back until the data phase (see module doc).
         self._tickets = b""
@@ -406,8 +417,15 @@ class TLSEngine:
             return _ZERO_RETURN
         if self._deferred is not None:
             return self._fail_deferred(Operation.READ)
+        obj = self._ssl
+        if not (self._incoming.pending or self._eof or self._close_seen or obj.pending()):
+            # Nothing to decrypt, nothing decrypted: SSL_read could only want more
+            # input. Saying so without asking it saves raising and catching an
+            # exception on every read that finds the buffer empty (OpenSSL reads one
+            # record at a time from the BIO, so none can be waiting inside it).
+            return _WANT_READ
         try:
-            data = self._ssl.read(max_bytes)
+            data = obj.read(max_bytes)
         except ssl.SSLWantReadError:
             result = _WANT_READ
         except ssl.SSLError as exc:
@@ -452,7 +470,8 @@ class TLSEngine:
                     self._outgoing.write(pending[:queued])
                 self._deferred = (exc, pending[queued:])
                 break
-            if not more:  # close_notify
+            if not more:  # close_notify: OpenSSL returns it again to the next call
+                self._close_seen = True
                 break
             chunks.append(more)
             total += len(more)

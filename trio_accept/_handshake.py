@@ -4,13 +4,18 @@ The loop, one round at a time::
 
     result = engine.accept()           # touch the engine
     flight = engine.data_to_send()
-    WANT_READ  -> send the flight, then receive once (a checkpoint), loop
+    WANT_READ  -> send the flight, then receive once, loop
     otherwise  -> send the final flight (or flush the alert), stop
 
 A single task owns the engine during the handshake, so "send, then receive" in one round
-cannot race anyone. Every round that waits goes through ``receive_some``, a checkpoint.
+cannot race anyone. Bytes move through ``_transport.py``: straight on the socket for TCP,
+so a round whose bytes had already arrived costs no trip through the scheduler. Every
+round is still a cancellation point: one that waited (for bytes, or for room to send)
+went through a trio checkpoint, and one that did not checks for cancellation before it
+goes on. The client's bytes bound the rounds: each one consumes everything received.
 
-Deadlines (both on trio's clock, both checked by one cancel scope whose deadline moves):
+Deadlines (both on trio's clock, both checked by one cancel scope whose deadline moves
+once, when the ClientHello is in):
 
 - ``hello_timeout``: from the start until the client's first flight (its complete
   ClientHello) is in. Sheds connections that connect and say nothing, or drip.
@@ -24,6 +29,9 @@ header in the same receive (HAProxy usually sends the header and the ClientHello
 segment) are the engine's first. A missing or malformed header fails the handshake with
 reason ``proxy-protocol``, and the client is sent nothing: it is not speaking TLS yet,
 so a TLS alert would mean nothing to it.
+
+The same scope lets a listener stop a handshake from outside (:meth:`Handshake.stop`,
+to shed it): it then fails with the listener's reason and the client is sent nothing.
 
 Whatever happens -- failure, timeout, cancellation -- the transport is closed before
 ``accept()`` returns or raises; only a finished :class:`TLSStream` ever leaves it.
@@ -43,6 +51,7 @@ from ._engine import ErrorKind, Reason, Result, TLSEngine
 from ._errors import HandshakeError, driver_result, tls_error
 from ._proxy import ProxyHeader, ProxyProtocolError, parse_proxy_header
 from ._stream import RECEIVE_SIZE, TLSInfo, TLSStream
+from ._transport import transport_for
 
 #: Default for ``hello_timeout``: a real client sends its ClientHello within one round
 #: trip of connecting; 5 s leaves room for slow links while shedding idle connections.
@@ -146,7 +155,8 @@ class Handshake:
 
     :func:`accept` is ``await Handshake(...).run()``. A listener keeps the object to see
     how far the client got (:attr:`bytes_received` since :attr:`started_at`) when it must
-    choose which stalled handshake to shed, without knowing anything of TLS.
+    choose which stalled handshake to shed, without knowing anything of TLS, and to shed
+    it (:meth:`stop`).
     """
 
     __slots__ = (
@@ -154,11 +164,14 @@ class Handshake:
         "_engine",
         "_handshake_timeout",
         "_hello_timeout",
+        "_io",
         "_on_first_data",
         "_plain_http_response",
         "_proxy_bytes",
         "_proxy_protocol",
+        "_scope",
         "_ssl_context",
+        "_stop_reason",
         "_tolerate_ragged_eof",
         "failure",
         "peer_address",
@@ -192,9 +205,15 @@ class Handshake:
         if peer_address is None and isinstance(transport_stream, trio.SocketStream):
             peer_address = _peer_address_of(transport_stream)
         self.transport_stream: trio.abc.Stream = transport_stream
+        self._io = transport_for(transport_stream)
         self.peer_address: Any = peer_address
         #: When the handshake started, on trio's clock.
         self.started_at: float = trio.current_time()
+        # Both deadlines and stop() act through this one scope (see the module doc).
+        self._scope = trio.CancelScope(
+            deadline=self.started_at + min(hello_timeout, handshake_timeout)
+        )
+        self._stop_reason: Reason | None = None
         #: Why the handshake failed, once it has (set before the client is told).
         self.failure: HandshakeError | None = None
         #: When the client's first bytes arrived, on trio's clock; ``None`` until then.
@@ -213,6 +232,15 @@ class Handshake:
         self._close_timeout = close_timeout
         self._tolerate_ragged_eof = tolerate_ragged_eof
         self._plain_http_response = plain_http_response
+
+    def stop(self, reason: Reason) -> None:
+        """Stop the handshake from outside, e.g. to shed it (reason ``evicted`` or
+        ``shutdown``): :meth:`run` fails with a :exc:`HandshakeError` of that reason, and
+        the client is sent nothing. Once the handshake has failed on its own, its own
+        reason stands; once it has completed, this does nothing."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._scope.cancel()
 
     @property
     def bytes_received(self) -> int:
@@ -252,39 +280,25 @@ class Handshake:
     async def run(self) -> TLSStream:
         """Drive the handshake to its end; see :func:`accept`."""
         transport = self.transport_stream
-        started = self.started_at
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            result, cause = await self._drive(
-                hello_deadline=started + self._hello_timeout,
-                deadline=started + self._handshake_timeout,
-            )
-            if result.kind is not ErrorKind.NONE:
-                detail = None
-                if result.reason is Reason.TIMEOUT:
-                    detail = self._timeout_detail()
-                elif result.reason is Reason.PROXY_PROTOCOL:
-                    detail = str(cause)
-                elif self._proxy_protocol and self.proxy is None:
-                    detail = (
-                        "while reading the PROXY protocol header"
-                        if result.reason is Reason.RESET
-                        else "no PROXY protocol header"
-                    )
-                error = tls_error(
-                    result,
-                    handshake=True,
-                    peer_address=self.client_address,
-                    via=self._via(),
-                    server_name=None if self._engine is None else self._engine.server_name,
-                    detail=detail,
-                )
-                assert isinstance(error, HandshakeError)
-                # Known before the client is told: if telling it is cancelled (a shutdown),
-                # whoever cancelled can still see why the handshake had failed.
-                self.failure = error
-                await self._tell_client(result)
-                raise error from (cause or result.error)
+            with self._scope:
+                # Inside the scope: a stop() that came before the task ran takes effect.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                result, cause = await self._drive()
+                if result.kind is not ErrorKind.NONE:
+                    error = self._error(result, cause)
+                    # Known before the client is told: if telling it is stopped (a
+                    # shutdown), the reason it had failed for is kept.
+                    self.failure = error
+                    self._scope.deadline = math.inf  # telling it has its own bound
+                    await self._tell_client(result)
+                    raise error from (cause or result.error)
+            if self._scope.cancelled_caught:
+                # Our deadline, or stop(): nothing more is owed to the client.
+                if self.failure is None:
+                    reason = self._stop_reason or Reason.TIMEOUT
+                    self.failure = self._error(driver_result(reason), None)
+                raise self.failure
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
@@ -297,7 +311,7 @@ class Handshake:
             server_name=engine.server_name,
             peer_certificate=engine.peer_certificate(),
             peer_address=self.peer_address,
-            handshake_seconds=trio.current_time() - started,
+            handshake_seconds=trio.current_time() - self.started_at,
             resumed=engine.session_reused,
             proxy=self.proxy,
         )
@@ -308,6 +322,30 @@ class Handshake:
             tolerate_ragged_eof=self._tolerate_ragged_eof,
             close_timeout=self._close_timeout,
         )
+
+    def _error(self, result: Result, cause: BaseException | None) -> HandshakeError:
+        """The exception for a failed handshake, with what only the driver knows."""
+        detail = None
+        if result.reason is Reason.TIMEOUT:
+            detail = self._timeout_detail()
+        elif result.reason is Reason.PROXY_PROTOCOL:
+            detail = str(cause)
+        elif self._proxy_protocol and self.proxy is None and self._stop_reason is None:
+            detail = (
+                "while reading the PROXY protocol header"
+                if result.reason is Reason.RESET
+                else "no PROXY protocol header"
+            )
+        error = tls_error(
+            result,
+            handshake=True,
+            peer_address=self.client_address,
+            via=self._via(),
+            server_name=None if self._engine is None else self._engine.server_name,
+            detail=detail,
+        )
+        assert isinstance(error, HandshakeError)
+        return error
 
     async def _tell_client(self, result: Result) -> None:
         """Flush the alert OpenSSL queued -- or, to plain HTTP, our 400 answer -- best
@@ -329,67 +367,69 @@ class Handshake:
                 while await transport.receive_some(RECEIVE_SIZE):
                     pass
 
-    async def _drive(
-        self, *, hello_deadline: float, deadline: float
-    ) -> tuple[Result, BaseException | None]:
+    async def _drive(self) -> tuple[Result, BaseException | None]:
         """The loop. Returns the final result and the transport exception behind a
-        ``reset``; the final flight of a success has already been sent."""
-        transport = self.transport_stream
-        with trio.CancelScope(deadline=min(hello_deadline, deadline)) as scope:
+        ``reset``; the final flight of a success has already been sent. Our deadlines
+        and :meth:`stop` cancel it from the enclosing scope."""
+        io = self._io
+        hello_pending = self._hello_timeout < self._handshake_timeout
+        try:
             try:
-                try:
-                    first = await self._first_bytes()
-                except ProxyProtocolError as exc:
-                    return driver_result(Reason.PROXY_PROTOCOL), exc
-                if first is None:  # closed before a PROXY protocol header: not TLS
-                    return driver_result(Reason.EOF), None
-                engine = self._start(first)
-                while True:
-                    if engine.hello_received:
-                        scope.deadline = deadline
-                    result = engine.accept()
-                    if result.kind is not ErrorKind.WANT_READ:
-                        break
-                    flight = engine.data_to_send()
-                    if flight:
-                        await transport.send_all(flight)
-                    engine.receive_data(await transport.receive_some(RECEIVE_SIZE))
-                if result.kind is ErrorKind.NONE:
-                    final_flight = engine.data_to_send()  # TLS 1.2: our Finished
-                    if final_flight:
-                        await transport.send_all(final_flight)
-            except trio.BrokenResourceError as exc:
-                return driver_result(Reason.RESET), exc
-            return result, None
-        # Only our own deadline gets here: it cancelled the loop and the scope caught it.
-        return driver_result(Reason.TIMEOUT), None
+                first = await self._first_bytes()
+            except ProxyProtocolError as exc:
+                return driver_result(Reason.PROXY_PROTOCOL), exc
+            if first is None:  # closed before a PROXY protocol header: not TLS
+                return driver_result(Reason.EOF), None
+            engine = self._start(first)
+            while True:
+                result = engine.accept()
+                if result.kind is not ErrorKind.WANT_READ:
+                    break
+                if hello_pending and engine.hello_received:
+                    self._scope.deadline = self.started_at + self._handshake_timeout
+                    hello_pending = False
+                flight = engine.data_to_send()
+                waited = await io.send_all(flight) if flight else False
+                data, received_late = await io.receive(RECEIVE_SIZE)
+                if not (waited or received_late):
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                engine.receive_data(data)
+            if result.kind is ErrorKind.NONE:
+                final_flight = engine.data_to_send()  # TLS 1.2: our Finished
+                if final_flight:
+                    await io.send_all(final_flight)
+        except trio.BrokenResourceError as exc:
+            return driver_result(Reason.RESET), exc
+        return result, None
 
     async def _first_bytes(self) -> bytes | bytearray | None:
         """The client's first TLS bytes (``b""``: EOF), after its PROXY protocol header
         when one is expected; ``None`` when the connection closed before a byte of
         that header (no engine then: nothing TLS, not even an alert, is owed)."""
-        receive = self.transport_stream.receive_some
+        receive = self._io.receive
         if not self._proxy_protocol:
-            return await receive(RECEIVE_SIZE)
+            return (await receive(RECEIVE_SIZE))[0]
         rest = await self._receive_proxy_header()
         if rest is None:
             return None
-        return rest or await receive(RECEIVE_SIZE)  # often the ClientHello came along
+        return rest or (await receive(RECEIVE_SIZE))[0]  # often the ClientHello came along
 
     async def _receive_proxy_header(self) -> bytes | None:
         """Read the PROXY protocol header into :attr:`proxy`; return the bytes that came
         after it (maybe none yet), or ``None`` if the connection ended before a byte.
 
         Bounded in bytes by the parser (it refuses a header past its size limit), in time
-        by the caller's deadline; one receive per round, a checkpoint.
+        by the caller's deadline; one receive per round, each a cancellation point.
 
         Raises:
             ProxyProtocolError: the header is malformed, or the connection ended in it.
         """
-        transport = self.transport_stream
+        receive = self._io.receive
         buffer = bytearray()
         while (parsed := parse_proxy_header(buffer)) is None:
-            data = await transport.receive_some(RECEIVE_SIZE)
+            data, waited = await receive(RECEIVE_SIZE)
+            if not waited:
+                await trio.lowlevel.checkpoint_if_cancelled()
             if not data:
                 if not buffer:
                     return None

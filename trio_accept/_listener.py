@@ -147,11 +147,10 @@ class _Connection:
 
     __slots__ = ("handshake", "scope", "stop_reason", "stream")
 
-    handshake: Handshake
+    handshake: Handshake  # shed with handshake.stop(reason)
+    scope: trio.CancelScope  # once established: cancelled to stop the handler
 
     def __init__(self) -> None:
-        # Cancelled to shed the handshake, or later to stop the handler.
-        self.scope = trio.CancelScope()
         self.stop_reason: Reason | None = None
         self.stream: TLSStream | None = None
 
@@ -385,6 +384,8 @@ class Server:
         """``listener.accept()``, or None if the last handshake in flight completed
         meanwhile and left the server full of established connections: :meth:`_establish`
         then cancels the wait (trio's ``accept()`` loses no connection to a cancel)."""
+        if self._max_connections is None:
+            return await listener.accept()  # never full: nothing to cancel the wait
         with trio.CancelScope() as waiting:
             self._accepting.add(waiting)
             try:
@@ -413,6 +414,7 @@ class Server:
 
     def _establish(self, connection: _Connection) -> None:
         """Count a finished handshake as an established connection."""
+        connection.scope = trio.CancelScope()
         self._established.add(connection)
         if self._full() and not self._in_flight():
             for waiting in self._accepting:
@@ -458,8 +460,7 @@ class Server:
 
     def _shed(self, connection: _Connection, reason: Reason) -> None:
         """Stop a handshake in flight; its task records the failure."""
-        connection.stop_reason = reason
-        connection.scope.cancel()
+        connection.handshake.stop(reason)
         self._silent.pop(connection, None)
         self._handshakes.pop(connection, None)
 
@@ -517,11 +518,9 @@ class Server:
                 raise
 
     async def _handshake(self, connection: _Connection) -> TLSStream | None:
-        stream = None
         try:
-            with connection.scope:
-                stream = await connection.handshake.run()
-        except HandshakeError as error:
+            stream = await connection.handshake.run()
+        except HandshakeError as error:  # its own failure, or shed (handshake.stop())
             self._record_failure(error)
             return None
         except trio.Cancelled:
@@ -532,22 +531,16 @@ class Server:
         finally:
             self._silent.pop(connection, None)
             self._handshakes.pop(connection, None)
-        if stream is None:  # shed (evicted, shut down)
-            self._record_failure(self._shed_failure(connection))
-            return None
         self._completed += 1
-        connection.scope = trio.CancelScope()  # a fresh one for the handler
         return stream
 
     def _shed_failure(self, connection: _Connection) -> HandshakeError:
-        """Why a handshake stopped from outside failed: the reason it was shed for
-        (``shutdown`` by default) -- unless it had failed already and was still telling
-        the client why."""
+        """Why a handshake cut short by a hard stop failed: ``shutdown`` -- unless it had
+        failed already and was still telling the client why."""
         failure = connection.handshake.failure
         if failure is None:
-            reason = connection.stop_reason or Reason.SHUTDOWN
             shed = tls_error(
-                driver_result(reason),
+                driver_result(Reason.SHUTDOWN),
                 handshake=True,
                 peer_address=connection.handshake.client_address,
             )

@@ -18,6 +18,9 @@ Who touches what:
   refuses client-initiated renegotiation by default, and TLS 1.3 has none).
 - Both send through :meth:`TLSStream._send`, serialised by a FIFO lock; when nobody else
   is sending (almost always), taking the lock costs no trip through the scheduler.
+- Bytes move through ``_transport.py`` (straight on the socket for TCP): a transport call
+  says whether it waited, and a public method that never did ends with trio's
+  ``cancel_shielded_checkpoint()``, so every one of them is a checkpoint, once.
 
 Cancellation: cancelling ``receive_some`` is safe (trio's transports never lose received
 bytes to a cancel). Cancelling ``send_all`` after it started sending leaves an unknown
@@ -36,6 +39,7 @@ import trio
 from ._engine import ErrorKind, Reason, Result, State, TLSEngine
 from ._errors import TLSError, tls_error
 from ._proxy import ProxyHeader
+from ._transport import transport_for
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -152,6 +156,7 @@ class TLSStream(trio.abc.Stream):
     __slots__ = (
         "_close_timeout",
         "_engine",
+        "_io",
         "_ragged_eof",
         "_receive_conflict",
         "_send_conflict",
@@ -177,6 +182,7 @@ class TLSStream(trio.abc.Stream):
         self.transport_stream: trio.abc.Stream = transport_stream
         self.info: TLSInfo = info
         self._engine = engine
+        self._io = transport_for(transport_stream)
         self._tolerate_ragged_eof = tolerate_ragged_eof
         self._close_timeout = close_timeout
         self._status = _Status.OPEN
@@ -212,25 +218,29 @@ class TLSStream(trio.abc.Stream):
             via=info.peer_address if relayed else None,
         )
 
-    async def _send(self, data: bytes) -> None:
-        """Send bytes the engine produced, in order; any failure breaks the stream."""
+    async def _send(self, data: bytes) -> bool:
+        """Send bytes the engine produced, in order; any failure breaks the stream.
+        Returns whether it waited (see ``_transport.py``)."""
         lock = self._send_lock
+        waited = False
         try:
             try:
                 lock.acquire_nowait()
             except trio.WouldBlock:
+                waited = True
                 await lock.acquire()
         except BaseException:
             self._break()  # cancelled while queueing: these bytes never leave
             raise
         try:
-            await self.transport_stream.send_all(data)
+            waited |= await self._io.send_all(data)
         except BaseException:
             self._break()  # an unknown part of the bytes left: the stream is doomed
             raise
         finally:
             lock.release()
         self.last_activity = trio.current_time()
+        return waited
 
     async def _send_alert(self, alert: bytes) -> None:
         """Send the alert of a failed read: best effort, within ``close_timeout``.
@@ -247,6 +257,14 @@ class TLSStream(trio.abc.Stream):
         except BaseException:
             self._break()  # e.g. cancelled: the failed engine must not be read again
             raise
+
+    async def _answer(self, answer: bytes, *, failed: bool) -> bool:
+        """Send what a read made the engine answer; whether it waited. A failed read's
+        answer is its alert, sent best effort (see :meth:`_send_alert`)."""
+        if failed:
+            await self._send_alert(answer)
+            return True
+        return await self._send(answer)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive and decrypt some data; ``b""`` at the end of the stream.
@@ -267,22 +285,21 @@ class TLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             engine = self._engine
+            io = self._io
             yielded = False
             while True:
                 result = engine.read(max_bytes)
                 answer = engine.data_to_send()
                 if answer:
-                    yielded = True
-                    # A failed read's answer is its alert: best effort (see _send_alert).
-                    await (self._send_alert if result.failed else self._send)(answer)
+                    yielded |= await self._answer(answer, failed=result.failed)
                 if result.kind is not ErrorKind.WANT_READ:
                     break
-                yielded = True
                 try:
-                    data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                    data, waited = await io.receive(RECEIVE_SIZE)
                 except trio.BrokenResourceError:
                     self._break()
                     raise
+                yielded |= waited
                 self.last_activity = trio.current_time()
                 engine.receive_data(data)
             if result.failed:
@@ -318,7 +335,8 @@ class TLSStream(trio.abc.Stream):
             if result.failed:
                 self._break()
                 raise self._error(result) from result.error
-            await self._send(self._engine.data_to_send())
+            if not await self._send(self._engine.data_to_send()):
+                await trio.lowlevel.cancel_shielded_checkpoint()
             self.bytes_sent += len(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -356,6 +374,9 @@ class TLSStream(trio.abc.Stream):
         await transport.aclose()
 
     async def _send_close_notify(self) -> None:
+        # Cancelled (a hard stop): no goodbye, only the close -- as if sending it had
+        # been cancelled, although it would not have had to wait.
+        await trio.lowlevel.checkpoint_if_cancelled()
         engine = self._engine
         result = engine.shutdown()
         close_notify = engine.data_to_send()
@@ -366,8 +387,12 @@ class TLSStream(trio.abc.Stream):
         except trio.WouldBlock:
             return  # another task is mid-send: closing the transport is all we can do
         try:
-            with trio.move_on_after(self._close_timeout):
-                await self.transport_stream.send_all(close_notify)
+            # Almost always the send buffer takes it at once; a deadline is only needed
+            # for a peer that stopped reading.
+            sent = self._io.try_send(close_notify)
+            if sent < len(close_notify):
+                with trio.move_on_after(self._close_timeout):
+                    await self._io.send_all(close_notify[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone already, which is what we were telling it to do
         finally:
