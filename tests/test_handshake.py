@@ -16,7 +16,12 @@ from trio.testing import lockstep_stream_pair, memory_stream_pair, wait_all_task
 
 import trio_accept
 from trio_accept import ErrorKind, HandshakeError, Reason
-from trio_accept._handshake import HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, PLAIN_HTTP_RESPONSE
+from trio_accept._handshake import (
+    HANDSHAKE_TIMEOUT,
+    HELLO_TIMEOUT,
+    PLAIN_HTTP_RESPONSE,
+    Handshake,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -419,3 +424,79 @@ async def test_handshake_completes(
     assert await server.receive_some() == b"ping"
     await server.send_all(b"pong")
     assert await client.receive_some() == b"pong"
+
+
+# -- stopped from outside (a listener shedding it) -----------------------------------
+
+
+async def test_stop_before_the_task_runs(server_context: ssl.SSLContext) -> None:
+    server_transport, client_transport = memory_stream_pair()
+    handshake = Handshake(server_transport, server_context)
+    handshake.stop(Reason.EVICTED)
+    await client_transport.send_all(b"\x16\x03\x01")  # bytes waiting change nothing
+    with pytest.raises(HandshakeError) as excinfo:
+        await handshake.run()
+    check_error(excinfo.value, Reason.EVICTED, kind=ErrorKind.SYSCALL)
+    assert handshake.failure is excinfo.value
+    await assert_transport_closed(client_transport)
+
+
+async def test_stop_mid_handshake_sends_nothing_more(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server_transport, client_transport = memory_stream_pair()
+    handshake = Handshake(server_transport, server_context)
+    await client_transport.send_all(BioClient(client_context).client_hello())
+
+    async def stop_when_waiting() -> None:
+        await wait_all_tasks_blocked()  # our flight is out; waiting for the Finished
+        handshake.stop(Reason.SHUTDOWN)
+        handshake.stop(Reason.EVICTED)  # the first reason stands
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_when_waiting)
+        with pytest.raises(HandshakeError) as excinfo:
+            await handshake.run()
+    check_error(excinfo.value, Reason.SHUTDOWN, kind=ErrorKind.SYSCALL)
+    # Our flight, and then only the end: no alert for a client that did nothing wrong.
+    flight = await receive_until_eof(client_transport)
+    assert flight.startswith(b"\x16\x03\x03")
+    assert b"\x15\x03\x03" not in flight
+
+
+async def test_stop_while_telling_the_client_keeps_the_reason(
+    server_context: ssl.SSLContext,
+) -> None:
+    server_transport, client_transport = lockstep_stream_pair()
+    handshake = Handshake(server_transport, server_context)
+
+    async def plain_http_client() -> None:
+        await client_transport.send_all(b"GET / HTTP/1.1\r\n\r\n")
+        await wait_all_tasks_blocked()  # the server is stuck sending its 400 answer
+        handshake.stop(Reason.SHUTDOWN)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(plain_http_client)
+        with pytest.raises(HandshakeError) as excinfo:
+            await handshake.run()
+    check_error(excinfo.value, Reason.PLAIN_HTTP)
+
+
+async def test_stop_after_completion_changes_nothing(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server_transport, client_transport = memory_stream_pair()
+    handshake = Handshake(server_transport, server_context)
+    client = trio.SSLStream(client_transport, client_context, server_hostname="localhost")
+    streams: list[trio_accept.TLSStream] = []
+
+    async def serve() -> None:
+        streams.append(await handshake.run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await client.do_handshake()
+    handshake.stop(Reason.EVICTED)
+    assert handshake.failure is None
+    await client.send_all(b"ping")
+    assert await streams[0].receive_some() == b"ping"
