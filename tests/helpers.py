@@ -74,6 +74,17 @@ MALFORMED: Final = (
 )
 
 
+async def tcp_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two connected TCP streams on 127.0.0.1 (server end, client end): real sockets with
+    real kernel buffers, for the driver's socket path."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    return server, client
+
+
 async def tls_pair(
     server_transport: trio.abc.Stream,
     client_transport: trio.abc.Stream,

@@ -7,9 +7,10 @@ from typing import Final, TypeAlias
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 import trustme
-from helpers import TransportPair, receive_until_eof, tls_pair
+from helpers import TransportPair, receive_until_eof, tcp_stream_pair, tls_pair
 from trio.testing import (
     assert_checkpoints,
     lockstep_stream_pair,
@@ -20,6 +21,7 @@ from trio.testing import (
 import trio_accept
 from trio_accept import ErrorKind, Reason
 from trio_accept._handshake import CLOSE_TIMEOUT
+from trio_accept._stream import _SendLock
 
 # A safety net against check_two_way_stream hanging on a contract break (real clock);
 # it runs in well under a second when all is well.
@@ -100,7 +102,77 @@ async def test_check_two_way_stream(
         await trio.testing.check_two_way_stream(stream_maker, clogged)
 
 
+async def tcp_pair(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> tuple[trio_accept.TLSStream, Client]:
+    """Over real TCP: the driver's socket path (bytes read and written on the fd)."""
+    return await tls_pair(*await tcp_stream_pair(), server_context, client_context)
+
+
+@pytest.mark.parametrize("server_first", [True, False], ids=["server-first", "client-first"])
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_check_two_way_stream_over_tcp(
+    server_first: bool,
+    version: ssl.TLSVersion,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+) -> None:
+    client_context.maximum_version = version
+
+    async def stream_maker() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        server, client = await tcp_pair(server_context, client_context)
+        assert server.info.version == VERSION_NAMES[version]
+        return (server, client) if server_first else (client, server)
+
+    with trio.fail_after(HANG_GUARD):
+        await trio.testing.check_two_way_stream(stream_maker, None)
+
+
 # -- checkpoints -------------------------------------------------------------------
+
+
+async def test_every_method_is_a_checkpoint_over_tcp(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    """Over a socket, bytes that are already there and a send buffer with room make the
+    calls return without waiting: they must still be checkpoints."""
+    server, client = await tcp_pair(server_context, client_context)
+    await client.send_all(b"abc")
+    await trio.testing.wait_all_tasks_blocked()
+    with assert_checkpoints():
+        assert await server.receive_some(1) == b"a"  # read at once from the socket
+    with assert_checkpoints():
+        assert await server.receive_some() == b"bc"  # already decrypted
+    with assert_checkpoints():
+        await server.send_all(b"data")  # the send buffer takes it at once
+    with assert_checkpoints():
+        await server.send_all(b"")
+    assert await client.receive_some() == b"data"
+    with assert_checkpoints():
+        await server.aclose()
+    assert await client.receive_some() == b""  # our close_notify
+    await client.aclose()
+
+
+async def test_a_cancelled_call_over_tcp_raises_before_touching_anything(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, client = await tcp_pair(server_context, client_context)
+    await client.send_all(b"abc")
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.receive_some()
+    assert scope.cancelled_caught
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.send_all(b"x")
+    assert scope.cancelled_caught
+    assert await server.receive_some() == b"abc"  # nothing was lost
+    await server.send_all(b"y")
+    assert await client.receive_some() == b"y"  # nothing was sent by the cancelled call
+    await server.aclose()
+    await client.aclose()
 
 
 async def test_accept_is_a_checkpoint(
@@ -412,3 +484,35 @@ async def test_info_peer_address_given(
     with pytest.raises(trio_accept.TLSError, match=r"\[peer 203\.0\.113\.7:50000\]") as excinfo:
         await server.receive_some()
     assert excinfo.value.peer_address == address
+
+
+# -- the send lock -------------------------------------------------------------------
+
+
+async def test_send_lock_is_strict_fifo_and_survives_a_cancelled_waiter() -> None:
+    lock = _SendLock()
+    order: list[str] = []
+
+    async def sender(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with lock:
+                order.append(name)
+                await trio.lowlevel.checkpoint()
+
+    lock.acquire_nowait()  # held: everyone below queues
+    cancelled = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        for name in ("first", "second"):
+            nursery.start_soon(sender, name)
+            await wait_all_tasks_blocked()
+        nursery.start_soon(sender, "cancelled", cancelled)
+        await wait_all_tasks_blocked()
+        nursery.start_soon(sender, "third")
+        await wait_all_tasks_blocked()
+        cancelled.cancel()  # leaves the queue without ever holding the lock
+        await wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            lock.acquire_nowait()  # a newcomer cannot jump the queue
+        lock.release()  # hands the lock to the longest waiter
+    assert order == ["first", "second", "third"]
+    lock.acquire_nowait()  # free again once the queue is empty

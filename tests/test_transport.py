@@ -8,21 +8,12 @@ import struct
 import pytest
 import trio
 import trio.testing
+from helpers import tcp_stream_pair
 
 from trio_accept._transport import SocketTransport, StreamTransport, transport_for
 
 #: More than a socket pair's buffers hold, so that sending it must wait for the reader.
 LARGE: int = 8 * 1024 * 1024
-
-
-async def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """Two connected TCP streams on 127.0.0.1 (real sockets, real kernel buffers)."""
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-    return server, client
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
@@ -40,7 +31,7 @@ def test_transport_for_picks_the_socket_path_for_tcp_only() -> None:
 
 
 async def test_receive_what_is_there_then_wait_then_eof() -> None:
-    server, client = await socket_stream_pair()
+    server, client = await tcp_stream_pair()
     async with server, client:
         transport = transport_for(server)
         assert isinstance(transport, SocketTransport)
@@ -62,7 +53,7 @@ async def test_receive_what_is_there_then_wait_then_eof() -> None:
 
 
 async def test_send_all_waits_for_a_slow_reader_and_delivers_everything() -> None:
-    server, client = await socket_stream_pair()
+    server, client = await tcp_stream_pair()
     payload = bytes(range(256)) * (LARGE // 256)
     async with server, client:
         transport = transport_for(server)
@@ -81,7 +72,7 @@ async def test_send_all_waits_for_a_slow_reader_and_delivers_everything() -> Non
 
 
 async def test_reset_is_a_broken_resource_error() -> None:
-    server, client = await socket_stream_pair()
+    server, client = await tcp_stream_pair()
     async with server:
         # SO_LINGER with a zero timeout: close() sends a reset instead of a FIN.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -95,7 +86,7 @@ async def test_reset_is_a_broken_resource_error() -> None:
 
 
 async def test_closed_under_us_is_a_closed_resource_error() -> None:
-    server, client = await socket_stream_pair()
+    server, client = await tcp_stream_pair()
     async with client:
         transport = transport_for(server)
 

@@ -314,6 +314,7 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_client_hello",
         "_close_seen",
         "_deferred",
         "_eof",
@@ -334,7 +335,10 @@ class TLSEngine:
         self._eof = False
         # The peer's close_notify was met behind data that read() returned first.
         self._close_seen = False
-        self._hello = ClientHelloReader()
+        # Watches the client's first flight; dropped once the handshake is done (an idle
+        # server holds thousands of engines), keeping only what it found.
+        self._hello: ClientHelloReader | None = ClientHelloReader()
+        self._client_hello: ClientHello | None = None
         # TLS 1.3 session tickets held back until the data phase (see module doc).
         self._tickets = b""
         # A failure met by read() after it had data to return, and the alert OpenSSL
@@ -358,8 +362,9 @@ class TLSEngine:
         if data:
             self._incoming.write(data)
             self.bytes_received += len(data)
-            if not self._hello.finished:
-                self._hello.feed(data)
+            hello = self._hello
+            if hello is not None and not hello.finished:
+                hello.feed(data)
         else:
             self._incoming.write_eof()
             self._eof = True
@@ -393,6 +398,9 @@ class TLSEngine:
         except ssl.SSLError as exc:
             return self._fail(Operation.ACCEPT, exc)
         self._state = State.ESTABLISHED
+        assert self._hello is not None
+        self._client_hello = self._hello.hello
+        self._hello = None
         if obj.version() == "TLSv1.3" and self._outgoing.pending > queued:
             # Everything OpenSSL queued during this call is session tickets: the final
             # server flight of TLS 1.3 went out before the client's Finished arrived.
@@ -542,12 +550,13 @@ class TLSEngine:
     def hello_received(self) -> bool:
         """True once the client's first flight is in: a complete ClientHello was read,
         the bytes turned out not to be one, or the handshake already ended."""
-        return self._hello.status is not HelloStatus.NEED_DATA or self._state is not _H
+        hello = self._hello
+        return hello is None or hello.status is not HelloStatus.NEED_DATA or self._state is not _H
 
     @property
     def client_hello(self) -> ClientHello | None:
         """What the client offered (SNI, ALPN, versions), once a ClientHello was read."""
-        return self._hello.hello
+        return self._client_hello if self._hello is None else self._hello.hello
 
     @property
     def version(self) -> str | None:
@@ -573,7 +582,7 @@ class TLSEngine:
     @property
     def server_name(self) -> str | None:
         """The server name (SNI) the client asked for, or ``None``."""
-        hello = self._hello.hello
+        hello = self.client_hello
         return hello.server_name if hello else None
 
     def peer_certificate(self) -> dict[str, Any] | None:
@@ -611,7 +620,8 @@ class TLSEngine:
         return tickets
 
     def _fail(self, operation: Operation, exc: ssl.SSLError) -> Result:
-        result = _failure(exc, self._hello.head, self._state is _H)
+        head = b"" if self._hello is None else self._hello.head
+        result = _failure(exc, head, self._state is _H)
         if exc.reason == "CALLBACK_FAILED":
             # A callback (SNI, most often) refused the client with an alert of its
             # choice: that alert says why, OpenSSL's reason does not.

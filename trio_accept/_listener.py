@@ -147,7 +147,7 @@ class _Connection:
 
     __slots__ = ("handshake", "scope", "stop_reason", "stream")
 
-    handshake: Handshake  # shed with handshake.stop(reason)
+    handshake: Handshake  # while in flight (shed with handshake.stop(reason))
     scope: trio.CancelScope  # once established: cancelled to stop the handler
 
     def __init__(self) -> None:
@@ -532,6 +532,9 @@ class Server:
             self._silent.pop(connection, None)
             self._handshakes.pop(connection, None)
         self._completed += 1
+        # Only a handshake in flight is ever looked at: let it go (an idle server holds
+        # thousands of connections).
+        del connection.handshake
         return stream
 
     def _shed_failure(self, connection: _Connection) -> HandshakeError:
