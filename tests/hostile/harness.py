@@ -391,6 +391,9 @@ class Case:
             ``"completed"`` for a handshake that is allowed to complete.
         limits: The listener's limits.
         handler: The listener's handler (an echo by default).
+        broken: The reasons an established connection may break for while its handler
+            runs (``ServerStats.broken``); none by default: a well-behaved client never
+            breaks its connection, and most hostile ones never get that far.
     """
 
     name: str
@@ -400,6 +403,7 @@ class Case:
     allowed: Collection[str]
     limits: Limits = Limits()
     handler: Handler = echo
+    broken: Collection[str] = ()
 
 
 @final
@@ -471,6 +475,9 @@ class Hostile:
             classified["handler-error"] = stats.handler_errors
         if stats.idle_closed:
             classified["idle-closed"] = stats.idle_closed
+        for reason, count in stats.broken.items():
+            # Established, then broken by the peer: "completed" is not the whole story.
+            classified[f"broken {reason.value}"] = count
         row = Row(
             case=case.name,
             group=case.group,
@@ -490,6 +497,7 @@ class Hostile:
         assert tally.hostile.total() == case.connections
         # The server's own counters agree with what its hook saw.
         assert {reason.value: n for reason, n in stats.failed.items()} == tally.failures()
+        assert {reason.value for reason in stats.broken} <= set(case.broken), stats.broken
         assert stats.handshakes_in_flight == 0
         assert stats.active_connections == 0
         assert not leaks, leaks
