@@ -14,6 +14,8 @@ from typing import Final
 
 import trio
 
+from trio_accept import Reason
+
 from .harness import SCALE, Case, Hostile, Limits, Target, in_parallel, until_closed
 from .tls import SansIOClient, client_hello
 
@@ -71,23 +73,42 @@ async def test_slowloris_drip(hostile: Hostile, client_context: ssl.SSLContext) 
 async def test_clients_that_stop_reading(hostile: Hostile, client_context: ssl.SSLContext) -> None:
     # Send a ClientHello, then never read: the server's flight sits unread, and the
     # handshake deadline ends the wait for the client's Finished (past max_handshakes,
-    # in a soak, shedding ends some first). The clients hold on until the server has
-    # counted them all.
+    # in a soak, shedding ends some first). Others complete the handshake, send a
+    # request and never read the answer. The clients hold on until the server has
+    # counted them all, then leave -- those with an unread answer leave with a reset,
+    # which breaks an established connection.
     hello = client_hello(client_context)
-    count = 32 * SCALE
+    mid_handshake, after_handshake = 32 * SCALE, 16 * SCALE
 
     async def attack(target: Target) -> None:
-        async def one(_: int) -> None:
+        async def one(index: int) -> None:
             async with await target.connect() as stream:
-                await stream.send_all(hello)
+                if index < mid_handshake:
+                    await stream.send_all(hello)
+                else:
+                    client = SansIOClient(target.client_context)
+                    await handshake_by_hand(stream, client)
+                    await stream.send_all(client.write(b"a request whose answer stays unread"))
+                    # The answer has arrived, and stays in our receive buffer.
+                    await trio.lowlevel.wait_readable(stream.socket)
                 await target.settled.wait()
 
-        await in_parallel(count, count, one)
+        await in_parallel(mid_handshake + after_handshake, 64, one)
 
     limits = Limits(handshake_timeout=1.5)
-    await hostile.run(
-        Case("stop-reading", "timing", count, attack, {"timeout", "evicted"}, limits=limits)
+    outcome = await hostile.run(
+        Case(
+            "stop-reading",
+            "timing",
+            mid_handshake + after_handshake,
+            attack,
+            {"timeout", "evicted", "completed"},
+            limits=limits,
+            broken={"reset"},
+        )
     )
+    assert outcome.row.classified["completed"] == after_handshake
+    assert outcome.stats.broken == {Reason.RESET: after_handshake}
 
 
 async def handshake_by_hand(stream: trio.SocketStream, client: SansIOClient) -> None:
