@@ -34,6 +34,10 @@ CASES: Final = (
     "plain-http",
     "http2-preface",
     "proxy-header",
+    # PROXY protocol (a listener behind a load balancer)
+    "proxy-garbage",
+    "proxy-slowloris",
+    "proxy-oversized",
     # CPU floods
     "hello-flood",
     "handshake-flood",
@@ -54,6 +58,9 @@ CASES: Final = (
     "hard-stop",
     # fuzzing
     "engine-fuzz",
+    "engine-fuzz-second-flight",
+    "engine-fuzz-data-phase",
+    "proxy-fuzz",
 )
 
 
@@ -64,7 +71,7 @@ class Row:
 
     Attributes:
         case: The case's name (one of :data:`CASES`).
-        group: garbage, cpu, timing, volume, faults or fuzzing.
+        group: garbage, proxy, cpu, timing, volume, faults or fuzzing.
         connections: Hostile connections (or inputs) the case made.
         well_behaved: Well-behaved clients that completed, and how many ran.
         classified: How the server classified the hostile connections: a reason (or
