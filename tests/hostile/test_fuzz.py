@@ -14,12 +14,31 @@ import ssl
 from collections import Counter
 from typing import TYPE_CHECKING, Final
 
+import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_accept import EngineStateError, ErrorKind, State, TLSEngine
+import trio_accept
+from trio_accept import (
+    EngineStateError,
+    ErrorKind,
+    HandshakeError,
+    Reason,
+    State,
+    TLSEngine,
+    encode_proxy_v1,
+    encode_proxy_v2,
+)
+from trio_accept._proxy import (
+    PP2_TYPE_NOOP,
+    V1_MAX_LENGTH,
+    V2_SIGNATURE,
+    ProxyProtocolError,
+    parse_proxy_header,
+)
 
-from .harness import SCALE, Snapshot
+from .harness import SCALE, Snapshot, open_fds
 from .report import Row
 from .tls import client_hello, tls12_client
 
@@ -137,6 +156,193 @@ async def test_engine_fuzz(
             classified=dict(endings),
             leaks=leaks,
             note="inputs fed to TLSEngine (random bytes, records, mutated ClientHellos)",
+        )
+    )
+    assert not leaks, leaks
+
+
+# -- the PROXY protocol header, through the real reading path ---------------------------
+
+#: PROXY protocol inputs per session in CI (times the scale).
+PROXY_EXAMPLES: Final = 300 * SCALE
+#: The deadlines of a PROXY fuzzing run (on a MockClock: they cost no real time).
+PROXY_HELLO_TIMEOUT: Final = 5.0
+PROXY_HANDSHAKE_TIMEOUT: Final = 10.0
+
+
+def ip_address(draw: st.DrawFn) -> tuple[str, int]:
+    port = draw(st.integers(0, 65535))
+    if draw(st.booleans()):
+        return str(draw(st.ip_addresses(v=4))), port
+    return str(draw(st.ip_addresses(v=6))), port
+
+
+@st.composite
+def proxy_headers(draw: st.DrawFn) -> bytes:
+    """A valid PROXY protocol header: v1, v2 (with random TLVs, maybe a checksum), or
+    a v2 LOCAL one."""
+    kind = draw(st.sampled_from(["v1", "v2", "local"]))
+    if kind == "local":
+        return encode_proxy_v2(None, None)
+    source, destination = ip_address(draw), ip_address(draw)
+    if kind == "v1" and (":" in source[0]) == (":" in destination[0]):
+        return encode_proxy_v1(source, destination)
+    tlvs = draw(
+        st.lists(
+            st.tuples(st.sampled_from([PP2_TYPE_NOOP, 0xE0, 0xEE]), st.binary(max_size=64)),
+            max_size=3,
+        )
+    )
+    return encode_proxy_v2(source, destination, tlvs=tlvs, checksum=draw(st.booleans()))
+
+
+def proxy_inputs() -> st.SearchStrategy[bytes]:
+    signature_starts = st.sampled_from([V2_SIGNATURE[:n] for n in range(1, 13)] + [b"PROXY "])
+    return st.one_of(
+        proxy_headers(),
+        proxy_headers().flatmap(mutated),
+        st.binary(max_size=300),
+        st.tuples(signature_starts, st.binary(max_size=200)).map(b"".join),
+        # Past the size limits: a huge v2 length, a v1 line without its CRLF.
+        st.binary(min_size=2, max_size=2).map(lambda n: V2_SIGNATURE + b"\x21\x11" + n),
+        st.integers(V1_MAX_LENGTH - 10, V1_MAX_LENGTH + 10).map(lambda n: b"PROXY " + b"1" * n),
+    )
+
+
+def expected_endings(data: bytes, then: str) -> frozenset[str] | None:
+    """What the handshake may end with, from the parser's verdict on all of ``data``
+    (the split must not change it); ``None`` when the bytes after a header decide, and
+    any classified failure will do."""
+    try:
+        parsed = parse_proxy_header(data)
+    except ProxyProtocolError:
+        return frozenset({"proxy-protocol"})
+    if parsed is None:  # a header not finished
+        if then == "stall":
+            return frozenset({"timeout"})
+        if then == "eof":
+            return frozenset({"proxy-protocol" if data else "eof"})
+        return None  # the ClientHello continues the header: the parser decides
+    _, consumed = parsed
+    if consumed < len(data):
+        return None  # the rest goes to OpenSSL as the start of a ClientHello
+    return frozenset({"timeout" if then == "stall" else "eof" if then == "eof" else "accepted"})
+
+
+def check_handshake_error(error: HandshakeError) -> str:
+    """A failed handshake's reason, after checking it is classified as documented."""
+    assert error.code in {-1, 0}
+    assert isinstance(error.reason, Reason)
+    return error.reason.value
+
+
+async def proxy_handshake(
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    chunks: list[bytes],
+    then: str,
+) -> str:
+    """Send ``chunks`` one by one over a memory transport to :func:`trio_accept.accept`
+    with ``proxy_protocol=True``, then ``then``: ``eof``, ``stall`` (nothing more), or
+    ``tls`` (a real client's handshake). Returns how the server's side ended."""
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    ending = ""
+
+    async def server() -> None:
+        nonlocal ending
+        try:
+            stream = await trio_accept.accept(
+                server_transport,
+                server_context,
+                proxy_protocol=True,
+                hello_timeout=PROXY_HELLO_TIMEOUT,
+                handshake_timeout=PROXY_HANDSHAKE_TIMEOUT,
+            )
+        except HandshakeError as error:  # the only exception a client can cause
+            ending = check_handshake_error(error)
+            return
+        ending = "accepted"
+        await trio.aclose_forcefully(stream)
+
+    async def client() -> None:
+        try:
+            for chunk in chunks:
+                await client_transport.send_all(chunk)
+                await trio.testing.wait_all_tasks_blocked()  # the server reads each piece
+            if then == "eof":
+                await client_transport.send_eof()
+            elif then == "tls":
+                stream = trio.SSLStream(
+                    client_transport, client_context, server_hostname="localhost"
+                )
+                await stream.do_handshake()
+            await trio.sleep_forever()  # until the server is done
+        except trio.BrokenResourceError:
+            pass  # the server closed: it has its verdict
+
+    # A hang would run past every deadline: the MockClock jumps there at once.
+    with trio.fail_after(10 * PROXY_HANDSHAKE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client)
+            await server()
+            nursery.cancel_scope.cancel()
+    await trio.aclose_forcefully(client_transport)
+    return ending
+
+
+def test_proxy_fuzz(
+    hostile_server_context: ssl.SSLContext, client_context: ssl.SSLContext, report: Report
+) -> None:
+    # Hypothesis-made PROXY protocol headers -- valid ones (v1, v2 with TLVs and
+    # checksums, LOCAL), the same mutated, random bytes, signature starts followed by
+    # anything, headers past the size limits -- cut into random pieces and sent through
+    # the listener's real reading path (accept(..., proxy_protocol=True) over a memory
+    # transport, on a MockClock), followed by an EOF, by silence, or by a real TLS
+    # client. The handshake must end, with an accepted stream or a HandshakeError with
+    # a reason (never another exception); the reason is proxy-protocol, eof or timeout
+    # whenever the header decided, and matches the parser's verdict on the whole input
+    # however it was split.
+    fds = open_fds()
+    endings: Counter[str] = Counter()
+
+    @settings(
+        max_examples=PROXY_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=SCALE == 1,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        data=proxy_inputs().flatmap(pieces),
+        then=st.sampled_from(["eof", "stall", "tls"]),
+    )
+    def fuzz(data: list[bytes], then: str) -> None:
+        ending = trio.run(
+            proxy_handshake,
+            hostile_server_context,
+            client_context,
+            data,
+            then,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )
+        expected = expected_endings(b"".join(data), then)
+        if expected is None:  # OpenSSL had the last word: any classified failure
+            assert ending == "accepted" or ending in {reason.value for reason in Reason}
+        else:
+            assert ending in expected, (ending, expected)
+        endings[ending] += 1
+
+    fuzz()
+    leaks = {"fds": open_fds() - fds} if open_fds() > fds else {}
+    report.add(
+        Row(
+            case="proxy-fuzz",
+            group="fuzzing",
+            connections=endings.total(),
+            well_behaved=(0, 0),
+            classified=dict(endings),
+            leaks=leaks,
+            note="PROXY headers in random pieces through accept(proxy_protocol=True)",
         )
     )
     assert not leaks, leaks
