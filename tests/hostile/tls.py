@@ -8,6 +8,7 @@ matters, so a "duplicated ClientHello" is a real ClientHello, twice.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import ssl
 import struct
@@ -175,6 +176,13 @@ class SansIOClient:
     def write(self, data: bytes) -> bytes:
         """Encrypt application data (after the handshake); returns the records."""
         self._ssl.write(data)
+        return self._outgoing.read()
+
+    def close(self) -> bytes:
+        """Send close_notify (after the handshake); returns the alert's record."""
+        # The server's close_notify has not come: nobody waits for it here.
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._ssl.unwrap()
         return self._outgoing.read()
 
     def read(self, received: bytes) -> bytes:
