@@ -111,8 +111,9 @@ class ParityRow:
         probe: The input's name.
         ours: How our listener reacted (see ``parity.Reaction``).
         theirs: How ``openssl s_server`` reacted.
-        same: Whether the reactions are the same (up to a difference by design).
-        note: The difference by design, if any.
+        same: Whether the reactions are exactly the same.
+        note: When they are not: the deliberate difference, and why it is one (a
+            difference without a note is a failure of the yardstick).
     """
 
     probe: str
@@ -172,7 +173,7 @@ class Report:
         return [header, *body]
 
     def parity_table(self) -> list[list[str]]:
-        header = ["input", "trio_accept", "openssl s_server", "same"]
+        header = ["input", "trio_accept", "openssl s_server", "verdict"]
         body = [[row.probe, row.ours, row.theirs, _verdict(row)] for row in self.parity]
         return [header, *body]
 
@@ -209,9 +210,9 @@ class Report:
 
 
 def _verdict(row: ParityRow) -> str:
-    if not row.same:
-        return "NO"
-    return f"yes, {row.note}" if row.note else "yes"
+    if row.same:
+        return "same"
+    return f"differs by design: {row.note}" if row.note else "DIFFERS"
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Final, final
 
+from .harness import SCALE
+
 #: The record header: content type, version (2), length (2).
 RECORD_HEADER: Final = 5
 HANDSHAKE: Final = 22
@@ -130,6 +132,11 @@ def proxy_v2_header() -> bytes:
     signature = b"\r\n\r\n\x00\r\nQUIT\n"
     addresses = bytes([192, 0, 2, 7, 192, 0, 2, 1]) + struct.pack(">HH", 56324, 443)
     return signature + b"\x21\x11" + struct.pack(">H", len(addresses)) + addresses
+
+
+def garbage_random_inputs() -> list[bytes]:
+    """The random-bytes case's seeded random inputs (the yardstick runs them all)."""
+    return random_inputs(seed=8, count=48 * SCALE, max_size=3000)
 
 
 def random_inputs(seed: int, count: int, max_size: int) -> list[bytes]:
