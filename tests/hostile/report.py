@@ -95,6 +95,14 @@ class Row:
     note: str = ""
 
     @property
+    def ratio(self) -> float | None:
+        """The worst well-behaved handshake over the idle one (the issue's yardstick is
+        10x; the outcome deadline has a floor, see ``harness.DEADLINE_FLOOR``)."""
+        if self.worst_ms is None or not self.idle_ms:
+            return None
+        return self.worst_ms / self.idle_ms
+
+    @property
     def success_rate(self) -> str:
         done, total = self.well_behaved
         if total == 0:
@@ -157,6 +165,7 @@ class Report:
             "hostile classified",
             "leaks",
             "worst handshake (idle)",
+            "worst / idle",
         ]
         body = [
             [
@@ -167,6 +176,7 @@ class Report:
                 _counts(row.classified),
                 _counts(row.leaks) or "none",
                 _latency(row),
+                "n/a" if row.ratio is None else f"{row.ratio:.0f}x",
             ]
             for row in self.ordered()
         ]
@@ -190,7 +200,7 @@ class Report:
 
     def rst(self) -> str:
         """Both tables as reStructuredText ``list-table`` directives, for the docs."""
-        parts = [_rst(self.table(), "The hostile cases", widths="16 8 9 12 30 6 12")]
+        parts = [_rst(self.table(), "The hostile cases", widths="16 7 9 12 30 6 12 6")]
         parts += [f"- **{case}**: {_rst_cell(note)}" for case, note in self.notes()]
         if self.parity:
             parts.append(
