@@ -33,7 +33,7 @@ import ssl
 import statistics
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast, final
@@ -319,7 +319,7 @@ class WellBehaved:
             await self.one()
 
     @asynccontextmanager
-    async def paused(self) -> AsyncIterator[None]:
+    async def paused(self) -> AsyncGenerator[None]:
         """Inside, no client of :meth:`run` starts, and none is in progress: the load
         has the server to itself (to fill it, say). The clients' deadline is not
         counting meanwhile; they resume on the way out."""
