@@ -599,6 +599,21 @@ def test_garbage_while_waiting_for_close_notify(
     assert engine.state is State.FAILED
 
 
+@VERSIONS
+def test_read_after_our_shutdown_delivers_data_sent_before_it(
+    pair: Callable[..., tuple[TLSEngine, Client]], version: ssl.TLSVersion
+) -> None:
+    # The peer's data and our close_notify cross on the wire: it is read, not refused
+    # (found by the hostile suite's data-phase fuzzing: read() raised KeyError).
+    engine, client = established(pair, version)
+    engine.shutdown()
+    client.obj.write(b"crossed in flight")
+    engine.receive_data(client.flight())
+    result = engine.read(100)
+    assert (result.kind, result.data) == (ErrorKind.NONE, b"crossed in flight")
+    assert engine.state is State.LOCAL_CLOSED
+
+
 # -- the state machine ---------------------------------------------------------------
 
 

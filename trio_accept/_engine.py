@@ -199,7 +199,8 @@ TRANSITIONS: Final[Mapping[tuple[State, Operation], Mapping[ErrorKind, State]]] 
     (_PC, Operation.READ): {_ZERO: _PC},
     (_PC, Operation.WRITE): {_OK: _PC, **_FATAL},
     (_PC, Operation.SHUTDOWN): {_OK: _C, **_FATAL},
-    (_LC, Operation.READ): {_WANT: _LC, _ZERO: _C, **_FATAL},
+    # Data the peer sent before our close_notify reached it is still delivered.
+    (_LC, Operation.READ): {_OK: _LC, _WANT: _LC, _ZERO: _C, **_FATAL},
     (_LC, Operation.SHUTDOWN): {_OK: _C, _WANT: _LC, **_FATAL},
     (_C, Operation.READ): {_ZERO: _C},
     (_C, Operation.SHUTDOWN): {_OK: _C},

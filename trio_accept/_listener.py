@@ -43,14 +43,14 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, final
 
 import trio
 
 from ._config import CertificateStore, dev_context
 from ._engine import Reason
-from ._errors import HandshakeError, driver_result, tls_error
+from ._errors import HandshakeError, TLSError, driver_result, tls_error
 from ._handshake import (
     CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
@@ -113,6 +113,11 @@ class ServerStats:
             included).
         active_connections: Established connections open now (handlers running).
         closed: Established connections closed.
+        broken: Of those, connections the peer broke while a handler was using them
+            (a reset, a transport EOF without close_notify, a TLS alert), by
+            :class:`~trio_accept.Reason`: the :exc:`~trio_accept.TLSError`'s reason, or
+            ``reset`` for a transport failure. A completed handshake says nothing about
+            how the connection ended; this does.
         idle_closed: Established connections closed by ``idle_timeout``.
         handler_errors: Handlers that raised.
         accept_errors: ``accept()`` failures from exhausted resources (``EMFILE``, ...)
@@ -129,6 +134,7 @@ class ServerStats:
     idle_closed: int
     handler_errors: int
     accept_errors: int
+    broken: dict[Reason, int] = field(default_factory=dict[Reason, int])
 
     @property
     def timed_out(self) -> int:
@@ -228,6 +234,7 @@ class Server:
         self._accepted = self._completed = self._closed = 0
         self._idle_closed = self._handler_errors = self._accept_errors = 0
         self._failed: Counter[Reason] = Counter()
+        self._broken: Counter[Reason] = Counter()
 
     # -- what users see -----------------------------------------------------------
 
@@ -259,6 +266,7 @@ class Server:
             idle_closed=self._idle_closed,
             handler_errors=self._handler_errors,
             accept_errors=self._accept_errors,
+            broken=dict(self._broken),
         )
 
     @property
@@ -572,8 +580,12 @@ class Server:
                     await self._handler(stream)
                 except* trio.BrokenResourceError as group:
                     # The peer broke the connection (a reset, a ragged EOF, a TLS alert):
-                    # its doing, not a bug in the handler. One line, no traceback.
-                    logger.info("connection from %s broke: %s", peer, group.exceptions[0])
+                    # its doing, not a bug in the handler. One line, no traceback; counted,
+                    # so that "completed" is not all a user sees of it.
+                    error = group.exceptions[0]
+                    reason = error.reason if isinstance(error, TLSError) else Reason.RESET
+                    self._broken[reason] += 1
+                    logger.info("connection from %s broke: %s", peer, error)
                 except* Exception as group:
                     self._handler_errors += 1
                     logger.exception(

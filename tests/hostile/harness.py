@@ -33,14 +33,15 @@ import ssl
 import statistics
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
 
 import trio_accept
-from trio_accept import HandshakeError, Server, TLSStream
+from trio_accept import HandshakeError, Server, TLSStream, encode_proxy_v2
 
 from .report import Row
 
@@ -217,6 +218,9 @@ class WellBehaved:
     client_context: ssl.SSLContext
     tally: Tally
     deadline: float = math.inf
+    #: Start every connection with a PROXY protocol v2 header naming the client itself,
+    #: as a load balancer in front would (for a listener with ``proxy_protocol=True``).
+    proxy_protocol: bool = False
     #: Handshake latencies (connect to handshake done), in seconds, of clients that
     #: completed.
     latencies: list[float] = field(default_factory=list[float])
@@ -224,6 +228,10 @@ class WellBehaved:
     exchanges: list[float] = field(default_factory=list[float])
     failures: list[str] = field(default_factory=list[str])
     attempts: int = 0
+    # While set, no new client starts (see paused()); clients in progress, and their end.
+    _paused: trio.Event | None = field(default=None, init=False)
+    _running: int = field(default=0, init=False)
+    _idle: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, init=False)
 
     @property
     def completed(self) -> int:
@@ -237,12 +245,16 @@ class WellBehaved:
         number = self.attempts
         started = trio.current_time()
         latency = None
-        with trio.move_on_after(self.deadline):
-            try:
+        self._running += 1
+        try:
+            with trio.move_on_after(self.deadline):
                 latency = await self._exchange(number, transport)
-            except (OSError, trio.BrokenResourceError, EOFError, AssertionError) as exc:
-                self.failures.append(f"client {number}: {type(exc).__name__}: {exc}")
-                return
+        except (OSError, trio.BrokenResourceError, EOFError, AssertionError) as exc:
+            self.failures.append(f"client {number}: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._running -= 1
+            self._idle.unpark_all()
         if latency is None:
             self.failures.append(f"client {number}: not done within {self.deadline:.2f} s")
             return
@@ -256,6 +268,10 @@ class WellBehaved:
         port = transport.socket.getsockname()[1]
         self.tally.legit_ports.add(port)
         try:
+            if self.proxy_protocol:
+                await transport.send_all(
+                    encode_proxy_v2(transport.socket.getsockname(), transport.socket.getpeername())
+                )
             return await self._talk(number, transport, started)
         finally:
             # The server has reported this connection by now (its handler started
@@ -298,7 +314,24 @@ class WellBehaved:
         while self.attempts < MAX_WELL_BEHAVED and not (
             stop.is_set() and self.attempts >= MIN_WELL_BEHAVED
         ):
+            while self._paused is not None:
+                await self._paused.wait()
             await self.one()
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncGenerator[None]:
+        """Inside, no client of :meth:`run` starts, and none is in progress: the load
+        has the server to itself (to fill it, say). The clients' deadline is not
+        counting meanwhile; they resume on the way out."""
+        assert self._paused is None, "paused already"
+        self._paused = trio.Event()
+        try:
+            while self._running:
+                await self._idle.park()
+            yield
+        finally:
+            self._paused.set()
+            self._paused = None
 
     def reset(self) -> None:
         """Forget the baseline's clients (they are not part of the case's figures)."""
@@ -330,6 +363,8 @@ class Target:
         self.client_context = client_context
         self.settled = trio.Event()
         self.notes: list[str] = []
+        #: The case's well-behaved clients (set once they exist, before the load runs).
+        self.well_behaved: WellBehaved | None = None
         self._budget = connections
         self.connections = 0
 
@@ -384,13 +419,18 @@ class Case:
 
     Attributes:
         name: As in ``report.CASES``.
-        group: garbage, cpu, timing, volume, faults or fuzzing.
+        group: garbage, proxy, cpu, timing, volume, faults or fuzzing.
         connections: How many hostile connections ``attack`` opens (exactly).
         attack: The hostile load.
         allowed: The outcomes a hostile connection may have: reason values, or
             ``"completed"`` for a handshake that is allowed to complete.
         limits: The listener's limits.
         handler: The listener's handler (an echo by default).
+        proxy_protocol: The listener expects a PROXY protocol header on every
+            connection; well-behaved clients send a valid version 2 one.
+        broken: The reasons an established connection may break for while its handler
+            runs (``ServerStats.broken``); none by default: a well-behaved client never
+            breaks its connection, and most hostile ones never get that far.
     """
 
     name: str
@@ -400,6 +440,8 @@ class Case:
     allowed: Collection[str]
     limits: Limits = Limits()
     handler: Handler = echo
+    proxy_protocol: bool = False
+    broken: Collection[str] = ()
 
 
 @final
@@ -447,12 +489,16 @@ class Hostile:
                     host="127.0.0.1",
                     ssl_context=self.server_context,
                     on_handshake_error=tally.failed,
+                    proxy_protocol=case.proxy_protocol,
                     **case.limits.options(),
                 ) as server,
                 trio.open_nursery() as nursery,
             ):
                 target = Target(server, self.client_context, case.connections)
-                clients = WellBehaved(target.port, self.client_context, tally)
+                clients = WellBehaved(
+                    target.port, self.client_context, tally, proxy_protocol=case.proxy_protocol
+                )
+                target.well_behaved = clients
                 await clients.baseline()
                 idle_handshake = statistics.median(clients.latencies)
                 clients.reset()
@@ -471,6 +517,9 @@ class Hostile:
             classified["handler-error"] = stats.handler_errors
         if stats.idle_closed:
             classified["idle-closed"] = stats.idle_closed
+        for reason, count in stats.broken.items():
+            # Established, then broken by the peer: "completed" is not the whole story.
+            classified[f"broken {reason.value}"] = count
         row = Row(
             case=case.name,
             group=case.group,
@@ -490,6 +539,7 @@ class Hostile:
         assert tally.hostile.total() == case.connections
         # The server's own counters agree with what its hook saw.
         assert {reason.value: n for reason, n in stats.failed.items()} == tally.failures()
+        assert {reason.value for reason in stats.broken} <= set(case.broken), stats.broken
         assert stats.handshakes_in_flight == 0
         assert stats.active_connections == 0
         assert not leaks, leaks

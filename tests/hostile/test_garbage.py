@@ -18,7 +18,6 @@ from helpers import DECODE_ERROR_ALERT, MALFORMED, Malformed
 from trio_accept._handshake import PLAIN_HTTP_RESPONSE
 
 from .harness import (
-    SCALE,
     Case,
     DelayedWrites,
     Hostile,
@@ -34,9 +33,9 @@ from .tls import (
     TAMPERINGS,
     client_hello,
     describe,
+    garbage_random_inputs,
     proxy_v1_header,
     proxy_v2_header,
-    random_inputs,
     sslv2_hello,
     tls12_client,
 )
@@ -82,7 +81,7 @@ def note_answers(target: Target, answers: list[tuple[bytes, bool]]) -> Counter[s
 
 async def test_random_bytes(hostile: Hostile) -> None:
     # Seeded random inputs of every size up to a few records, plus two classics.
-    inputs = random_inputs(seed=8, count=48 * SCALE, max_size=3000)
+    inputs = garbage_random_inputs()
     inputs += [malformed("garbage").data, malformed("ssh-banner").data]
 
     async def attack(target: Target) -> None:

@@ -1,7 +1,9 @@
 """Timing: clients that are slow, silent, half there, or gone.
 
-Slowloris holds connections open by saying nothing, or a byte at a time; the deadlines
-(``hello_timeout``, ``handshake_timeout``) and shedding (``max_handshakes``) end them.
+Slowloris holds connections open by saying nothing, or a byte at a time. Silent ones are
+never shed for ``max_handshakes`` (they hold no handshake state): ``hello_timeout`` ends
+them. Dripping ones are talking: the deadlines end them, and shedding when more than
+``max_handshakes`` talk at once.
 Clients that stop reading, half-close or reset must cost nothing but their own connection.
 """
 
@@ -14,6 +16,8 @@ from typing import Final
 
 import trio
 
+from trio_accept import Reason
+
 from .harness import SCALE, Case, Hostile, Limits, Target, in_parallel, until_closed
 from .tls import SansIOClient, client_hello
 
@@ -22,7 +26,8 @@ DRIP_INTERVAL: Final = 0.02
 
 
 async def test_slowloris_silent(hostile: Hostile) -> None:
-    # 150 connections that never send a byte, against max_handshakes 64.
+    # 150 connections that never send a byte, against max_handshakes 64: silent
+    # connections do not count for it, so none is shed; the hello deadline ends each.
     count = 150 * SCALE
 
     async def attack(target: Target) -> None:
@@ -34,7 +39,7 @@ async def test_slowloris_silent(hostile: Hostile) -> None:
 
     limits = Limits(hello_timeout=1.0, max_handshakes=64)
     await hostile.run(
-        Case("slowloris-silent", "timing", count, attack, {"evicted", "timeout"}, limits=limits)
+        Case("slowloris-silent", "timing", count, attack, {"timeout"}, limits=limits)
     )
 
 
@@ -71,23 +76,42 @@ async def test_slowloris_drip(hostile: Hostile, client_context: ssl.SSLContext) 
 async def test_clients_that_stop_reading(hostile: Hostile, client_context: ssl.SSLContext) -> None:
     # Send a ClientHello, then never read: the server's flight sits unread, and the
     # handshake deadline ends the wait for the client's Finished (past max_handshakes,
-    # in a soak, shedding ends some first). The clients hold on until the server has
-    # counted them all.
+    # in a soak, shedding ends some first). Others complete the handshake, send a
+    # request and never read the answer. The clients hold on until the server has
+    # counted them all, then leave -- those with an unread answer leave with a reset,
+    # which breaks an established connection.
     hello = client_hello(client_context)
-    count = 32 * SCALE
+    mid_handshake, after_handshake = 32 * SCALE, 16 * SCALE
 
     async def attack(target: Target) -> None:
-        async def one(_: int) -> None:
+        async def one(index: int) -> None:
             async with await target.connect() as stream:
-                await stream.send_all(hello)
+                if index < mid_handshake:
+                    await stream.send_all(hello)
+                else:
+                    client = SansIOClient(target.client_context)
+                    await handshake_by_hand(stream, client)
+                    await stream.send_all(client.write(b"a request whose answer stays unread"))
+                    # The answer has arrived, and stays in our receive buffer.
+                    await trio.lowlevel.wait_readable(stream.socket)
                 await target.settled.wait()
 
-        await in_parallel(count, count, one)
+        await in_parallel(mid_handshake + after_handshake, 64, one)
 
     limits = Limits(handshake_timeout=1.5)
-    await hostile.run(
-        Case("stop-reading", "timing", count, attack, {"timeout", "evicted"}, limits=limits)
+    outcome = await hostile.run(
+        Case(
+            "stop-reading",
+            "timing",
+            mid_handshake + after_handshake,
+            attack,
+            {"timeout", "evicted", "completed"},
+            limits=limits,
+            broken={"reset"},
+        )
     )
+    assert outcome.row.classified["completed"] == after_handshake
+    assert outcome.stats.broken == {Reason.RESET: after_handshake}
 
 
 async def handshake_by_hand(stream: trio.SocketStream, client: SansIOClient) -> None:
@@ -123,9 +147,15 @@ async def test_half_close(hostile: Hostile, client_context: ssl.SSLContext) -> N
         await in_parallel(3 * per_stage, 3 * per_stage, one)
 
     outcome = await hostile.run(
-        Case("half-close", "timing", 3 * per_stage, attack, {"eof", "completed"})
+        Case("half-close", "timing", 3 * per_stage, attack, {"eof", "completed"}, broken={"eof"})
     )
-    assert outcome.row.classified == {"eof": 2 * per_stage, "completed": per_stage}
+    # The third stage completed its handshake, then broke the connection: a transport
+    # EOF without close_notify, counted as such (not as a handler error).
+    assert outcome.row.classified == {
+        "eof": 2 * per_stage,
+        "completed": per_stage,
+        "broken eof": per_stage,
+    }
     assert outcome.stats.handler_errors == 0
 
 
@@ -168,7 +198,14 @@ async def test_reset_at_every_stage(hostile: Hostile, client_context: ssl.SSLCon
             len(RESET_STAGES) * per_stage,
             attack,
             {"reset", "completed"},
+            broken={"reset"},
         )
     )
-    assert outcome.row.classified == {"reset": 3 * per_stage, "completed": 2 * per_stage}
+    # Resets after the client's Finished and in the middle of a record happen once the
+    # connection is established: the handshake completed, the connection broke.
+    assert outcome.row.classified == {
+        "reset": 3 * per_stage,
+        "completed": 2 * per_stage,
+        "broken reset": 2 * per_stage,
+    }
     assert outcome.stats.handler_errors == 0

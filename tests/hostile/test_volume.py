@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
+import trio.testing
 from helpers import reap
 
-from trio_accept import Server
+import trio_accept
+from trio_accept import Server, TLSStream
 
 from .harness import (
     BASELINE_CLIENTS,
@@ -32,6 +34,7 @@ from .harness import (
     Tally,
     Target,
     WellBehaved,
+    echo,
     in_parallel,
     until_closed,
 )
@@ -65,7 +68,7 @@ async def test_handshake_burst_past_max_handshakes(hostile: Hostile) -> None:
 
         await in_parallel(count, count, one)
 
-    await hostile.run(
+    outcome = await hostile.run(
         Case(
             "past-max-handshakes",
             "volume",
@@ -73,33 +76,55 @@ async def test_handshake_burst_past_max_handshakes(hostile: Hostile) -> None:
             attack,
             {"completed", "evicted"},
             limits=Limits(max_handshakes=16),
+            # The clients that complete leave without close_notify (aclose_forcefully).
+            broken={"eof"},
         )
     )
+    # 64 handshakes talking at once against a bound of 16: shedding must have happened,
+    # and not to everyone (a listener that let them all through, refused newcomers, or
+    # shed every handshake in turn, fails here).
+    assert outcome.stats.evicted >= 1
+    assert outcome.row.classified["completed"] >= 1
 
 
 async def test_connections_past_max_connections(hostile: Hostile) -> None:
-    # max_connections 48: 32 clients complete their handshake and then say nothing
-    # (the idle timeout closes them), while 100 more (times the scale) connect and
-    # never send a byte (they are shed for newcomers, or time out). The server never
-    # holds more than 48.
+    # max_connections 48. First, 32 clients complete their handshake and then say
+    # nothing (the idle timeout closes them), while 100 more (times the scale) connect
+    # and never send a byte (they are shed for newcomers, or time out). The server
+    # never holds more than 48. Then the server is filled with 48 established
+    # connections: with nothing left to shed, the accept loop stops accepting
+    # (backpressure) and newcomers wait in the kernel's listen backlog -- and are
+    # served once the idle timeout frees room.
     hogs, silent = 32, 100 * SCALE
+    limit, newcomers = 48, 4
     most_held = 0
+    full = trio.Event()
+    # The server's own view, from each handler's first line: established connections
+    # and closed ones, by client port.
+    seen: dict[int, tuple[int, int]] = {}
 
     def count_held(server: Server) -> None:
         nonlocal most_held
         stats = server.stats
         most_held = max(most_held, stats.handshakes_in_flight + stats.active_connections)
 
-    async def attack(target: Target) -> None:
-        async def hog() -> None:
-            stream = trio.SSLStream(
-                await target.connect(), target.client_context, server_hostname="localhost"
-            )
-            async with stream:
-                await stream.do_handshake()
-                count_held(target.server)
-                assert await stream.receive_some() == b""  # close_notify, once idle
+    async def handler(stream: TLSStream) -> None:
+        stats = trio_accept.current_server().stats
+        seen[stream.info.peer_address[1]] = (stats.active_connections, stats.closed)
+        if stats.active_connections == limit:
+            full.set()
+        await echo(stream)
 
+    async def hog(target: Target) -> None:
+        stream = trio.SSLStream(
+            await target.connect(), target.client_context, server_hostname="localhost"
+        )
+        async with stream:
+            await stream.do_handshake()
+            count_held(target.server)
+            assert await stream.receive_some() == b""  # close_notify, once idle
+
+    async def attack(target: Target) -> None:
         async def silence() -> None:
             async with await target.connect() as stream:
                 await until_closed(stream)
@@ -107,25 +132,67 @@ async def test_connections_past_max_connections(hostile: Hostile) -> None:
 
         async with trio.open_nursery() as nursery:
             for _ in range(hogs):
-                nursery.start_soon(hog)
+                nursery.start_soon(hog, target)
             for _ in range(silent):
                 nursery.start_soon(silence)
         target.notes.append(f"at most {most_held} connections held")
+        await fill_then_wait(target)
 
-    limits = Limits(max_connections=48, idle_timeout=1.0, hello_timeout=1.0)
+    async def fill_then_wait(target: Target) -> None:
+        server = target.server
+        assert target.well_behaved is not None
+        async with target.well_behaved.paused(), trio.open_nursery() as nursery:
+            # Let the server close what the well-behaved clients left open: the room
+            # must be the hogs' alone.
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.stats.active_connections == 0
+            for _ in range(limit):
+                nursery.start_soon(hog, target)
+            await full.wait()
+            stats = server.stats
+            assert (stats.active_connections, stats.handshakes_in_flight) == (limit, 0)
+            accepted, closed = stats.accepted, stats.closed
+            # Newcomers connect: the kernel completes their TCP handshakes and queues
+            # them; their ClientHellos wait unread until a hog leaves.
+            waiting = WellBehaved(target.port, target.client_context, hostile_tally(target))
+            waiting.deadline = CASE_GUARD
+            arrived = [
+                await trio.open_tcp_stream("127.0.0.1", target.port) for _ in range(newcomers)
+            ]
+            ports = [transport.socket.getsockname()[1] for transport in arrived]
+            await trio.testing.wait_all_tasks_blocked()  # the server had every chance
+            assert server.stats.accepted == accepted, "accepted while full of established"
+            for transport in arrived:
+                nursery.start_soon(waiting.one, transport)
+        assert not waiting.failures, waiting.failures
+        # Each newcomer's handshake completed only after established ones had closed.
+        assert all(seen[port][1] > closed for port in ports), (closed, seen)
+        target.notes.append(
+            f"full of {limit} established connections: {newcomers} newcomers waited in "
+            f"the backlog until the idle timeout freed room, then were served"
+        )
+
+    limits = Limits(max_connections=limit, idle_timeout=1.0, hello_timeout=1.0)
     outcome = await hostile.run(
         Case(
             "past-max-connections",
             "volume",
-            hogs + silent,
+            hogs + silent + limit,
             attack,
             {"completed", "evicted", "timeout"},
             limits=limits,
+            handler=handler,
         )
     )
-    assert outcome.row.classified["completed"] == hogs
-    assert outcome.stats.idle_closed == hogs
-    assert most_held <= 48
+    assert outcome.row.classified["completed"] == hogs + limit
+    assert outcome.stats.idle_closed == hogs + limit
+    assert most_held <= limit
+
+
+def hostile_tally(target: Target) -> Tally:
+    """The case's tally, for clients the load runs as well-behaved ones."""
+    assert target.well_behaved is not None
+    return target.well_behaved.tally
 
 
 #: The emfile case's server process gets this many file descriptors in all.

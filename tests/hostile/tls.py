@@ -8,11 +8,14 @@ matters, so a "duplicated ClientHello" is a real ClientHello, twice.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import ssl
 import struct
 from collections.abc import Callable, Iterator
 from typing import Final, final
+
+from .harness import SCALE
 
 #: The record header: content type, version (2), length (2).
 RECORD_HEADER: Final = 5
@@ -131,6 +134,11 @@ def proxy_v2_header() -> bytes:
     return signature + b"\x21\x11" + struct.pack(">H", len(addresses)) + addresses
 
 
+def garbage_random_inputs() -> list[bytes]:
+    """The random-bytes case's seeded random inputs (the yardstick runs them all)."""
+    return random_inputs(seed=8, count=48 * SCALE, max_size=3000)
+
+
 def random_inputs(seed: int, count: int, max_size: int) -> list[bytes]:
     """``count`` seeded random byte strings of 1 to ``max_size`` bytes."""
     generator = random.Random(seed)
@@ -175,6 +183,13 @@ class SansIOClient:
     def write(self, data: bytes) -> bytes:
         """Encrypt application data (after the handshake); returns the records."""
         self._ssl.write(data)
+        return self._outgoing.read()
+
+    def close(self) -> bytes:
+        """Send close_notify (after the handshake); returns the alert's record."""
+        # The server's close_notify has not come: nobody waits for it here.
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._ssl.unwrap()
         return self._outgoing.read()
 
     def read(self, received: bytes) -> bytes:
