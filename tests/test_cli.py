@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,11 +32,13 @@ from clitools import (
     connect,
     echo_line,
     echo_once,
+    listening_socket,
     plain_http,
     read_all,
     reap,
     running,
     serve,
+    socket_activated,
     trusting,
 )
 from cryptography.hazmat.primitives import serialization
@@ -822,13 +823,6 @@ def test_unknown_user_or_group(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "group: no such group 'no-such'" in capsys.readouterr().err
 
 
-def listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    return sock
-
-
 async def test_serve_on_an_inherited_socket(tmp_path: Path) -> None:
     with listening_socket() as sock:
         fd, port = sock.fileno(), sock.getsockname()[1]
@@ -862,24 +856,11 @@ def test_an_inherited_fd_that_is_not_a_listening_socket(
     assert "fd (--fd) serves an inherited socket" in capsys.readouterr().err
 
 
-# Puts the inherited socket at file descriptor 3 and sets LISTEN_FDS/LISTEN_PID for the
-# process it becomes, as systemd does (exec keeps the pid).
-SOCKET_ACTIVATE = """\
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="https")
-os.execv(sys.executable, [sys.executable, "-m", "trio_accept", *sys.argv[2:]])
-"""
-
-
 async def test_systemd_socket_activation(tmp_path: Path) -> None:
     with listening_socket() as sock:
         fd, port = sock.fileno(), sock.getsockname()[1]
-        command = [sys.executable, "-c", SOCKET_ACTIVATE, str(fd)]
         arguments = ["--dev-ca", str(tmp_path), "--handler", "cli_handlers:environment"]
+        command = socket_activated(fd)
         async with serve(arguments, command=command, port=(), pass_fds=[fd]) as server:
             assert server.port == port
             answer = await trio.to_thread.run_sync(

@@ -15,14 +15,17 @@ import pytest
 import trio
 import trustme
 from clitools import (
+    COMMAND,
     PROCESS_DEADLINE,
     Serve,
     connect,
     echo_line,
+    listening_socket,
     pid_alive,
     plain_http,
     read_all,
     serve,
+    socket_activated,
     trusting,
 )
 from helpers import replace_certificate
@@ -138,6 +141,38 @@ async def test_workers_share_the_port_are_restarted_and_all_stop(tmp_path: Path)
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("inherited", ["LISTEN_FDS", "--fd"])
+async def test_workers_serve_an_inherited_socket_whatever_the_file_says(
+    tmp_path: Path, inherited: str
+) -> None:
+    # The documented socket-activated unit: a configuration file with host and port (it
+    # also serves a unit that binds) and workers. The inherited socket wins; this
+    # address could not even be bound here.
+    config = tmp_path / "trio-accept.toml"
+    config.write_text('host = "192.0.2.1"\nport = 443\nbacklog = 16\n')
+    arguments = ["--config", str(config), "--dev-ca", str(tmp_path), "--workers", "2"]
+    arguments += ["--handler", "cli_handlers:pid"]
+    with listening_socket() as sock:
+        fd, port = sock.fileno(), sock.getsockname()[1]
+        command = socket_activated(fd) if inherited == "LISTEN_FDS" else COMMAND
+        if inherited == "--fd":
+            arguments += ["--fd", str(fd)]
+        async with serve(arguments, command=command, port=(), pass_fds=[fd]) as server:
+            assert server.port == port
+            pids = worker_pids(server)  # both workers are ready: the banner waits for them
+            context = trusting(tmp_path / "dev-ca.pem")
+            for _ in range(3):
+                assert int(await trio.to_thread.run_sync(read_all, port, context)) in pids
+            status, log = await server.stop()
+    assert status == 0
+    source = "LISTEN_FDS" if inherited == "LISTEN_FDS" else "fd (--fd)"
+    ignored = "host (--host), port (--port), backlog (--backlog) ignored"
+    # Said once, by the supervisor, not by every worker.
+    assert log.count(f"serving on the inherited sockets of {source}: {ignored}") == 1
+    assert "do not apply" not in log
+    assert "Traceback" not in log
+
+
 async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
     ca = trustme.CA()
     old, new = ca.issue_cert("localhost"), ca.issue_cert("localhost")
@@ -158,7 +193,7 @@ async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
 async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> None:
     arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
     arguments += ["--handler", "cli_worker_fails:handler"]
-    from clitools import COMMAND, running  # noqa: PLC0415
+    from clitools import running  # noqa: PLC0415
 
     argv = [*COMMAND, "serve", "--port", "0", *arguments]
     async with running(argv) as (process, stdout, stderr):

@@ -72,6 +72,7 @@ from ._process import (
     key_password,
 )
 from ._settings import (
+    BINDING,
     DEFAULT_HOST,
     DEFAULT_PORT,
     OPENSSL_GROUPS,
@@ -79,6 +80,7 @@ from ._settings import (
     SettingsError,
     add_arguments,
     load_settings,
+    spelling,
 )
 from ._stream import TLSStream
 from ._systemd import SystemdError, listen_fds, notify, reloading_fields
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     # How the supervisor of --workers starts each worker; not for people.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
+    # The listening sockets the supervisor shares (its --fd's or LISTEN_FDS): they win
+    # over everything the settings say about sockets, and were reported by it.
+    serve.add_argument("--worker-fd", type=int, action="append", help=argparse.SUPPRESS)
     ca = commands.add_parser(
         "ca",
         help="create or show the development CA, and how to trust it",
@@ -376,21 +381,49 @@ def _serve_command(args: argparse.Namespace, argv: list[str]) -> int:
         return _error(f"cannot load {what}: {exc}")
     if settings.workers > 1 and worker is None:
         return _supervise(plan, argv)
-    return _serve_here(plan, worker=worker, lifeline=args.supervisor_fd)
+    return _serve_here(
+        plan, worker=worker, lifeline=args.supervisor_fd, shared=args.worker_fd or []
+    )
 
 
-def _open_sockets(settings: Settings, *, reuse_port: bool) -> list[socket.socket]:
-    """The listening sockets: ``--fd``'s, systemd's, or bound here.
+def _inherited_fds(settings: Settings) -> tuple[list[int], str]:
+    """The inherited listening descriptors -- ``--fd``'s, else systemd's -- and where they
+    come from; none when the command is to bind.
+
+    Raises:
+        SystemdError: ``LISTEN_FDS`` is malformed.
+    """
+    if settings.fd:
+        return list(settings.fd), "fd (--fd)"
+    return listen_fds(), "LISTEN_FDS"
+
+
+def _report_ignored(settings: Settings, source: str) -> None:
+    """Inherited sockets win over host, port and backlog: say so once if any was given
+    (typically by a configuration file shared with a unit that binds)."""
+    ignored = [spelling(name) for name in BINDING if name in settings.explicit]
+    if ignored:
+        logger.info(
+            "serving on the inherited sockets of %s: %s ignored", source, ", ".join(ignored)
+        )
+
+
+def _open_sockets(
+    settings: Settings, *, reuse_port: bool, shared: Sequence[int] = ()
+) -> list[socket.socket]:
+    """The listening sockets: the supervisor's (``shared``), ``--fd``'s, systemd's, or
+    bound here.
 
     Raises:
         SetupError, SystemdError: an inherited descriptor is unusable.
         OSError: binding failed.
     """
-    if settings.fd:
-        return [inherited(fd, source=f"fd (--fd {fd})") for fd in settings.fd]
-    activated = listen_fds()
-    if activated:
-        return [inherited(fd, source="LISTEN_FDS") for fd in activated]
+    if shared:
+        return [inherited(fd, source="the supervisor's sockets") for fd in shared]
+    fds, source = _inherited_fds(settings)
+    if fds:
+        _report_ignored(settings, source)
+        return [inherited(fd, source=source) for fd in fds]
     return bind(settings.host, settings.port, backlog=settings.backlog, reuse_port=reuse_port)
 
 
@@ -401,10 +434,12 @@ def trio_listeners(sockets: Sequence[socket.socket]) -> list[trio.SocketListener
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
-def _serve_here(plan: _Plan, *, worker: int | None, lifeline: int | None) -> int:
+def _serve_here(
+    plan: _Plan, *, worker: int | None, lifeline: int | None, shared: Sequence[int]
+) -> int:
     settings = plan.settings
     try:
-        sockets = _open_sockets(settings, reuse_port=worker is not None)
+        sockets = _open_sockets(settings, reuse_port=worker is not None, shared=shared)
     except (SetupError, SystemdError) as exc:
         return _error(str(exc))
     except OSError as exc:
@@ -639,13 +674,18 @@ def _supervise(plan: _Plan, argv: list[str]) -> int:
     settings = plan.settings
     try:
         who = identity(settings.user, settings.group)
-        activated = [] if settings.fd else listen_fds()
-        fds = list(settings.fd) or activated
-        shared = [inherited(fd, source="LISTEN_FDS" if activated else "fd (--fd)") for fd in fds]
+        fds, source = _inherited_fds(settings)
+        shared = [inherited(fd, source=source) for fd in fds]
     except (SetupError, SystemdError) as exc:
         return _error(str(exc))
+    if shared:
+        _report_ignored(settings, source)
+    if who is not None and who.is_current():
+        who = None  # started as that user already (systemd's User=): nothing to switch
     reserved: list[socket.socket] = []
-    extra = [argument for fd in activated for argument in ("--fd", str(fd))]
+    # The workers take the shared sockets whatever their settings say of host and port
+    # (their LISTEN_FDS would not be theirs: LISTEN_PID names the supervisor).
+    extra = [argument for fd in fds for argument in ("--worker-fd", str(fd))]
     if not shared:  # each worker binds; the supervisor holds the port (and picks it)
         try:
             reserved = bind(settings.host, settings.port, reuse_port=True, listen=False)

@@ -212,6 +212,15 @@ class Identity:
     gid: int
     user: str | None
 
+    def is_current(self) -> bool:
+        """Whether this process is that user and group already (real and effective)."""
+        return (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) == (
+            self.uid,
+            self.uid,
+            self.gid,
+            self.gid,
+        )
+
 
 def identity(user: str | None, group: str | None) -> Identity | None:
     """Resolve ``--user``/``--group`` (names or numbers); None when neither is given.
@@ -246,7 +255,7 @@ def drop_privileges(who: Identity) -> None:
     Raises:
         SetupError: Not root (and not ``who`` already), or the switch failed.
     """
-    if (os.getuid(), os.getgid()) == (who.uid, who.gid) and os.geteuid() == who.uid:
+    if who.is_current():
         return
     if os.geteuid() != 0:
         raise SetupError(

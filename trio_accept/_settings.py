@@ -10,6 +10,12 @@ Precedence: the defaults, then the file (``--config FILE``), then the command li
 the table does not know is an error that names it (a typo must not be silently ignored),
 and so is a value of the wrong type. Relative paths in the file are relative to the
 file's directory, so a file and the certificates next to it can move together.
+
+Inherited sockets (``fd``, or systemd's ``LISTEN_FDS``) win over ``host``, ``port`` and
+``backlog``: those then do not apply, and the command logs once that it ignores them --
+one file can serve a unit that binds and a socket-activated one. The one combination
+refused is ``--fd`` typed on the same command line as ``--host``, ``--port`` or
+``--backlog``: one command line that says both is a mistake.
 """
 
 # The fields' defaults are dataclasses.field() calls made by _setting(), which ruff cannot
@@ -375,6 +381,10 @@ class Settings:
         OBSERVE,
         metavar="HOST:PORT",
     )
+    # -- not a setting: where the others came from
+    explicit: frozenset[str] = field(default=frozenset[str](), compare=False)
+    """The settings given in the file or on the command line rather than defaulted: a
+    rule may depend on whether a value was asked for, not on what it is."""
 
     @property
     def require_client_cert(self) -> bool:
@@ -385,12 +395,16 @@ class Settings:
 
 #: Every setting's reading rules, by name, in the order of the fields.
 OPTIONS: Final[Mapping[str, Option]] = {
-    item.name: item.metadata["option"] for item in dataclasses.fields(Settings)
+    item.name: item.metadata["option"]
+    for item in dataclasses.fields(Settings)
+    if "option" in item.metadata
 }
 #: Default values, by name.
 DEFAULTS: Final[Mapping[str, Any]] = {
-    item.name: item.default for item in dataclasses.fields(Settings)
+    item.name: item.default for item in dataclasses.fields(Settings) if item.name in OPTIONS
 }
+#: The settings that only apply when the command binds its sockets itself.
+BINDING: Final = ("host", "port", "backlog")
 
 
 # -- the command line ----------------------------------------------------------------
@@ -614,11 +628,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     from_file = read_config(config) if config is not None else {}
     given = _given(args)
     values = {**DEFAULTS, **from_file, **given}
-    explicit = set(from_file) | set(given)
     for name, value in values.items():
         _check_range(name, OPTIONS[name], value)
-    settings = Settings(**values)
-    _check_together(settings, explicit)
+    settings = Settings(**values, explicit=frozenset(from_file) | frozenset(given))
+    _check_together(settings, typed=set(given))
     return settings
 
 
@@ -647,7 +660,8 @@ def _check_range(name: str, option: Option, value: Any) -> None:
         raise SettingsError(f"{spelling(name)}: must be <= 65535, got {value!r}")
 
 
-def _check_together(settings: Settings, explicit: set[str]) -> None:
+def _check_together(settings: Settings, *, typed: set[str]) -> None:
+    explicit = settings.explicit
     if (settings.cert is None) != (settings.key is None):
         raise SettingsError("cert (--cert) and key (--key) go together")
     if settings.key_password_env is not None and settings.key_password_file is not None:
@@ -668,9 +682,11 @@ def _check_together(settings: Settings, explicit: set[str]) -> None:
     for name in ("upstream_proxy_protocol", "upstream_connect_timeout"):
         if name in explicit and settings.upstream is None:
             raise SettingsError(f"{spelling(name)} needs {spelling('upstream')}")
-    if settings.fd and explicit & {"host", "port"}:
+    # Inherited sockets win over host, port and backlog (see the module notes), except
+    # on one command line that says both.
+    if "fd" in typed and typed & {"host", "port"}:
         raise SettingsError(
             f"{spelling('fd')} serves an inherited socket: host and port do not apply"
         )
-    if settings.fd and "backlog" in explicit:
+    if "fd" in typed and "backlog" in typed:
         raise SettingsError(f"{spelling('backlog')}: an inherited socket has its backlog")
