@@ -6,6 +6,7 @@ import datetime
 import os
 import re
 import signal
+import socket
 import ssl
 import time
 import urllib.request
@@ -171,6 +172,46 @@ async def test_workers_serve_an_inherited_socket_whatever_the_file_says(
     assert log.count(f"serving on the inherited sockets of {source}: {ignored}") == 1
     assert "do not apply" not in log
     assert "Traceback" not in log
+
+
+async def test_sd_notify_speaks_for_every_worker(tmp_path: Path) -> None:
+    notifications = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with notifications:
+        path = tmp_path / "notify"
+        await notifications.bind(str(path))
+
+        async def next_message() -> list[str]:
+            with trio.fail_after(PROCESS_DEADLINE):
+                return (await notifications.recv(4096)).decode().split("\n")
+
+        arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
+        async with serve(arguments, env={"NOTIFY_SOCKET": str(path)}) as server:
+            # Only the supervisor speaks to systemd, once both workers are ready (the
+            # banner is printed at that moment too).
+            assert await next_message() == ["READY=1", "STATUS=serving with 2 workers"]
+            await trio.to_thread.run_sync(plain_http, server.port)
+            await server.logged("the client sent plain HTTP to a TLS port")
+            # Each worker reports its stats to the supervisor, which shows their sum.
+            server.process.send_signal(signal.SIGUSR1)
+            status = await next_message()
+            while status[0].startswith("STATUS=stats of 1 worker:"):
+                status = await next_message()
+            assert status == [
+                "STATUS=stats of 2 workers: 1 accepted, 0 handshaking, 0 completed, "
+                "1 failed (plain-http 1), 0 active, 0 closed, 0 idle-closed, "
+                "0 handler errors, 0 accept errors"
+            ]
+            server.process.send_signal(signal.SIGHUP)
+            reloading = await next_message()
+            assert reloading[0] == "RELOADING=1"
+            assert re.fullmatch(r"MONOTONIC_USEC=\d+", reloading[1])
+            assert await next_message() == ["READY=1"]  # once both workers reloaded
+            for _ in range(2):  # it came after both workers had reloaded
+                await server.logged("certificates reloaded")
+            server.process.send_signal(signal.SIGTERM)
+            assert await next_message() == ["STOPPING=1"]
+            with trio.fail_after(PROCESS_DEADLINE):
+                assert await server.process.wait() == 0
 
 
 async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ from ._config import (
     server_context,
 )
 from ._devcerts import CA_KEY_FILE, DEV_IDENTITIES, dev_ca, dev_ca_path, state_directory
-from ._listener import Server, ServerStats, current_server, open_server
+from ._listener import Server, current_server, open_server
 from ._metrics import (
     MULTIPROC_VARIABLE,
     Metrics,
@@ -82,11 +82,12 @@ from ._settings import (
     load_settings,
     spelling,
 )
+from ._stats import STATS_FIELD, encode_stats, stats_line
 from ._stream import TLSStream
 from ._systemd import SystemdError, listen_fds, notify, reloading_fields
 from ._workers import Supervisor
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_parser", "main"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_parser", "main", "stats_line"]
 
 logger = logging.getLogger("trio_accept")
 
@@ -533,9 +534,10 @@ async def _serve(
                     _print_banner(plan, addresses, metrics_server)
                 where = ", ".join(f"{host}:{port}" for host, port in addresses)
                 notify("READY=1", f"STATUS=TLS {plan.what} on {where}")
-                nursery.start_soon(_watch_signals, signals, server, store, stop_now)
+                report = partial(_report_stats, server, worker=worker)
+                nursery.start_soon(_watch_signals, signals, server, store, stop_now, report)
                 if settings.stats_interval is not None:
-                    nursery.start_soon(_log_stats, server, settings.stats_interval)
+                    nursery.start_soon(_log_stats, report, settings.stats_interval)
                 if settings.watch is not None:
                     nursery.start_soon(store.watch, settings.watch)
                 if metrics is not None:
@@ -569,6 +571,7 @@ async def _watch_signals(
     server: Server,
     store: CertificateStore,
     stop_now: trio.CancelScope,
+    report_stats: Callable[[], object],
 ) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
@@ -579,7 +582,7 @@ async def _watch_signals(
             notify("READY=1")
             continue
         if signum == signal.SIGUSR1:
-            logger.info("%s", stats_line(server.stats))
+            report_stats()
             continue
         if server.shutting_down:
             logger.warning("%s again: stopping now", name)
@@ -589,12 +592,19 @@ async def _watch_signals(
         server.start_shutdown()
 
 
-async def _log_stats(server: Server, interval: float) -> None:
+def _report_stats(server: Server, *, worker: int | None) -> None:
+    """Log the stats line, and show it in ``systemctl status`` -- a worker's through its
+    supervisor, which shows every worker's sum (see :mod:`._stats`)."""
+    stats = server.stats
+    line = stats_line(stats)
+    logger.info("%s", line)
+    notify(f"STATUS={line}" if worker is None else f"{STATS_FIELD}={encode_stats(stats)}")
+
+
+async def _log_stats(report: Callable[[], object], interval: float) -> None:
     while True:
         await trio.sleep(interval)
-        line = stats_line(server.stats)
-        logger.info("%s", line)
-        notify(f"STATUS={line}")
+        report()
 
 
 async def _sync_metrics(server: Server, metrics: Metrics) -> None:
@@ -610,22 +620,6 @@ async def _watch_supervisor(lifeline: int, server: Server) -> None:
     await trio.lowlevel.wait_readable(lifeline)
     logger.warning("the supervisor is gone: shutting down")
     server.start_shutdown()
-
-
-def stats_line(stats: ServerStats) -> str:
-    """One readable line of a server's counters."""
-    failed = sum(stats.failed.values())
-    reasons = ", ".join(
-        f"{reason.value} {count}"
-        for reason, count in sorted(stats.failed.items(), key=lambda item: -item[1])
-    )
-    return (
-        f"stats: {stats.accepted} accepted, {stats.handshakes_in_flight} handshaking, "
-        f"{stats.completed} completed, {failed} failed{f' ({reasons})' if reasons else ''}, "
-        f"{stats.active_connections} active, {stats.closed} closed, "
-        f"{stats.idle_closed} idle-closed, {stats.handler_errors} handler errors, "
-        f"{stats.accept_errors} accept errors"
-    )
 
 
 def _print_banner(
