@@ -231,6 +231,18 @@ async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
     assert "SIGHUP: reloading the certificates in every worker" in log
 
 
+async def test_a_key_every_user_can_read_is_reported_once(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    replace_certificate(trustme.CA().issue_cert("localhost"), cert, key)
+    key.chmod(0o644)
+    arguments = ["--cert", str(cert), "--key", str(key), "--workers", "2"]
+    async with serve(arguments) as server:
+        status, log = await server.stop()
+    assert status == 0
+    # By the supervisor, which checked the settings; not again by each worker.
+    assert log.count("the private key is readable by every user (mode 0644)") == 1
+
+
 async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> None:
     arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
     arguments += ["--handler", "cli_worker_fails:handler"]

@@ -14,7 +14,8 @@ one line saying why, before anything is served):
 
 With ``--workers N`` (:mod:`._workers`) the same command runs N times under a supervisor,
 each copy told its worker number; the supervisor checks steps 1-3 first so that a typo is
-reported once, not by N workers.
+reported once, not by N workers (and so is a warning, such as a key that every user can
+read: the workers do not repeat it).
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ class _Plan:
     certificates: _Certificates
 
 
-def _prepare(settings: Settings) -> _Plan:
-    """Steps 2 and 3 (see the module notes).
+def _prepare(settings: Settings, *, worker: bool) -> _Plan:
+    """Steps 2 and 3 (see the module notes); a worker does not repeat the supervisor's
+    warnings.
 
     Raises:
         SettingsError, SetupError: a setting cannot be used.
@@ -209,7 +211,8 @@ def _prepare(settings: Settings) -> _Plan:
     password = key_password(env=settings.key_password_env, file=settings.key_password_file)
     keys = [settings.key] if settings.key is not None else []
     keys += [entry.key or entry.cert for entry in settings.sni]
-    check_key_permissions(keys)
+    if not worker:
+        check_key_permissions(keys)
     return _Plan(settings, handler, what, _certificates(settings, password))
 
 
@@ -371,7 +374,7 @@ def _serve_command(args: argparse.Namespace, argv: list[str]) -> int:
     _configure_logging(settings.log_level, worker)
     warnings.simplefilter("ignore", CertificateWarning)  # logged already, once is enough
     try:
-        plan = _prepare(settings)
+        plan = _prepare(settings, worker=worker is not None)
     except (SettingsError, SetupError) as exc:
         return _error(str(exc))
     except (OSError, ssl.SSLError, CertificateError) as exc:
