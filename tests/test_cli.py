@@ -654,8 +654,11 @@ async def test_upstream_proxy_protocol_tells_the_upstream_who_connected(
 
 
 def test_upstream_and_handler_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--upstream", "127.0.0.1:80", "--handler", "info"]) == 2
-    assert "the upstream is the handler" in capsys.readouterr().err
+    for handler in ("info", "echo"):  # echo too, the default: it was asked for
+        assert main(["serve", "--upstream", "127.0.0.1:80", "--handler", handler]) == 2
+        assert "upstream (--upstream) and handler (--handler): the upstream is the handler" in (
+            capsys.readouterr().err
+        )
     assert main(["serve", "--upstream", "nope:"]) == 2
     assert "upstream (--upstream): " in capsys.readouterr().err
 

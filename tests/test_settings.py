@@ -251,6 +251,7 @@ def test_a_missing_file(tmp_path: Path) -> None:
         (["--key-password-env", "A"], "a key password needs cert and key"),
         (["--client-cert", "optional"], "client_cert (--client-cert) needs client_ca"),
         (["--upstream", "x:1", "--handler", "info"], "the upstream is the handler"),
+        (["--upstream", "x:1", "--handler", "echo"], "the upstream is the handler"),
         (["--upstream-proxy-protocol"], "needs upstream (--upstream)"),
         (["--fd", "3", "--host", "::"], "fd (--fd) serves an inherited socket"),
         (["--fd", "3", "--backlog", "5"], "an inherited socket has its backlog"),

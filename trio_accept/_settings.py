@@ -674,7 +674,9 @@ def _check_together(settings: Settings, *, typed: set[str]) -> None:
         raise SettingsError("a key password needs cert and key (--cert, --key) or sni")
     if settings.client_cert is not None and settings.client_ca is None:
         raise SettingsError(f"{spelling('client_cert')} needs {spelling('client_ca')}")
-    if settings.upstream is not None and settings.handler != "echo":
+    # Asked for, not different from the default: --handler echo --upstream X is as
+    # contradictory as --handler info --upstream X.
+    if settings.upstream is not None and "handler" in explicit:
         raise SettingsError(
             f"{spelling('upstream')} and {spelling('handler')}: the upstream is the handler;"
             " give one"
