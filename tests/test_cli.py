@@ -607,50 +607,77 @@ async def test_serve_as_a_tls_terminating_proxy(tmp_path: Path, upstream: int) -
     assert "Traceback" not in log
 
 
-#: The 12-byte signature that opens every PROXY protocol v2 header.
-PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+def _through_a_balancer(port: int, context: ssl.SSLContext, header: bytes) -> tuple[int, bytes]:
+    """Connect as a load balancer would (``header`` first, if any); returns the TCP
+    source port and the first line the server sends."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getsockname()[1], echo_line(tls, b"")
 
 
+@pytest.mark.parametrize("front", ["direct", "load balancer"])
 async def test_upstream_proxy_protocol_tells_the_upstream_who_connected(
-    tmp_path: Path,
+    tmp_path: Path, front: str
 ) -> None:
+    from trio_accept import (  # noqa: PLC0415
+        ProxyHeader,
+        encode_proxy_v1,
+        encode_proxy_v2,
+        parse_proxy_header,
+    )
+
     upstream = trio.socket.socket()
     await upstream.bind(("127.0.0.1", 0))
     upstream.listen()
-    headers: list[bytes] = []
+    headers: list[ProxyHeader] = []
+    # What the load balancer says: the client, and the address the client connected to
+    # (the balancer's own, not ours).
+    received = [
+        encode_proxy_v1(("203.0.113.7", 4242), ("198.51.100.1", 443)),
+        encode_proxy_v2(("2001:db8::7", 4343, 0, 0), ("2001:db8::1", 8443, 0, 0)),
+    ]
+    if front == "direct":
+        received = [b""]
 
-    async def answer_once() -> None:
-        connection, _ = await upstream.accept()
-        with connection:
-            received = b""
-            while len(received) < 16:
-                received += await connection.recv(4096)
-            length = int.from_bytes(received[14:16], "big")
-            while len(received) < 16 + length:
-                received += await connection.recv(4096)
-            headers.append(received[: 16 + length])
-            await connection.send(b"hello from upstream\n")
+    async def answer() -> None:
+        for _ in received:
+            connection, _ = await upstream.accept()
+            with connection:
+                buffer = b""
+                while (parsed := parse_proxy_header(buffer)) is None:
+                    buffer += await connection.recv(4096)
+                headers.append(parsed[0])
+                await connection.send(b"hello from upstream\n")
 
     port = upstream.getsockname()[1]
     arguments = ["--dev-ca", str(tmp_path), "--upstream", f"127.0.0.1:{port}"]
+    arguments += ["--upstream-proxy-protocol"]
+    if front == "load balancer":
+        arguments += ["--proxy-protocol"]
+    client_ports: list[int] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer_once)
-        async with serve([*arguments, "--upstream-proxy-protocol"]) as server:
-            with await trio.to_thread.run_sync(
-                connect, server.port, trusting(tmp_path / "dev-ca.pem")
-            ) as tls:
-                client_port = tls.getsockname()[1]
-                line = await trio.to_thread.run_sync(echo_line, tls, b"")
-            assert line == b"hello from upstream\n"
+        nursery.start_soon(answer)
+        async with serve(arguments) as server:
+            context = trusting(tmp_path / "dev-ca.pem")
+            for header in received:
+                client_port, line = await trio.to_thread.run_sync(
+                    _through_a_balancer, server.port, context, header
+                )
+                assert line == b"hello from upstream\n"
+                client_ports.append(client_port)
             status, _ = await server.stop()
     upstream.close()
     assert status == 0
-    (header,) = headers
-    assert header.startswith(PROXY_V2_SIGNATURE)
-    assert header[12] == 0x21  # version 2, PROXY
-    assert header[13] == 0x11  # TCP over IPv4
-    assert header[16:20] == bytes([127, 0, 0, 1])  # the client's address
-    assert int.from_bytes(header[24:26], "big") == client_port
+    assert all(header.version == 2 and header.command == "PROXY" for header in headers)
+    addresses = [(header.source, header.destination) for header in headers]
+    if front == "direct":  # this connection's own addresses
+        assert addresses == [(("127.0.0.1", client_ports[0]), ("127.0.0.1", server.port))]
+    else:  # the balancer's header, passed on: the original client, where it connected
+        assert addresses == [
+            (("203.0.113.7", 4242), ("198.51.100.1", 443)),
+            (("2001:db8::7", 4343, 0, 0), ("2001:db8::1", 8443, 0, 0)),
+        ]
 
 
 def test_upstream_and_handler_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
