@@ -686,6 +686,9 @@ def test_upstream_and_handler_are_exclusive(capsys: pytest.CaptureFixture[str]) 
         assert "upstream (--upstream) and handler (--handler): the upstream is the handler" in (
             capsys.readouterr().err
         )
+    # The info handler speaks HTTP/1.1: an HTTP/2 client would get nothing it can read.
+    assert main(["serve", "--handler", "info", "--alpn", "h2"]) == 2
+    assert "info speaks HTTP/1.1 only" in capsys.readouterr().err
     assert main(["serve", "--upstream", "nope:"]) == 2
     assert "upstream (--upstream): " in capsys.readouterr().err
 

@@ -253,6 +253,12 @@ def test_a_missing_file(tmp_path: Path) -> None:
         (["--upstream", "x:1", "--handler", "info"], "the upstream is the handler"),
         (["--upstream", "x:1", "--handler", "echo"], "the upstream is the handler"),
         (["--upstream-proxy-protocol"], "needs upstream (--upstream)"),
+        (
+            ["--handler", "info", "--alpn", "h2"],
+            "handler (--handler) info speaks HTTP/1.1 only, but alpn (--alpn) offers h2: "
+            "give alpn http/1.1, or none",
+        ),
+        (["--handler", "info", "--alpn", "http/1.1,h2"], "offers h2:"),
         (["--fd", "3", "--host", "::"], "fd (--fd) serves an inherited socket"),
         (["--fd", "3", "--backlog", "5"], "an inherited socket has its backlog"),
         (["--sni", "nope"], "--sni nope: expected NAME=CERT or NAME=CERT:KEY"),

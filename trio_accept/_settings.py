@@ -49,6 +49,8 @@ UPSTREAM_CONNECT_TIMEOUT: Final = 10.0
 #: ``tls_group``'s value for "OpenSSL's own list" (``group=None`` in server_context).
 OPENSSL_GROUPS: Final = "openssl"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: ALPN names of the HTTP versions the ``info`` handler does not speak.
+NEWER_HTTP: Final = ("h2", "h3")
 
 
 class SettingsError(ValueError):
@@ -680,6 +682,14 @@ def _check_together(settings: Settings, *, typed: set[str]) -> None:
         raise SettingsError(
             f"{spelling('upstream')} and {spelling('handler')}: the upstream is the handler;"
             " give one"
+        )
+    # The info handler speaks HTTP/1.1 only: a client that ALPN puts on HTTP/2 sends a
+    # preface the handler cannot read, and gets a 400 instead of the page.
+    newer = [protocol for protocol in settings.alpn if protocol in NEWER_HTTP]
+    if settings.handler == "info" and newer:
+        raise SettingsError(
+            f"{spelling('handler')} info speaks HTTP/1.1 only, but {spelling('alpn')} "
+            f"offers {', '.join(newer)}: give alpn http/1.1, or none"
         )
     for name in ("upstream_proxy_protocol", "upstream_connect_timeout"):
         if name in explicit and settings.upstream is None:
