@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -263,6 +264,21 @@ def plain_http(port: int) -> bytes:
         while chunk := raw.recv(4096):
             response += chunk
         return response
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a Prometheus endpoint, by name and labels."""
+    from prometheus_client.parser import (  # noqa: PLC0415 - optional
+        text_string_to_metric_families,
+    )
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ import signal
 import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from clitools import (
     pid_alive,
     plain_http,
     read_all,
+    scrape,
     serve,
     socket_activated,
     trusting,
@@ -263,19 +263,6 @@ async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> N
         assert not pid_alive(int(pid))
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The samples of a Prometheus endpoint, by name and labels."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
     scratch = tmp_path / "tmp"
@@ -319,6 +306,19 @@ async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
         )
         left = samples[("trio_accept_certificate_expiry_seconds", default)]
         assert 29 * 86400 < left <= expires.timestamp() - before
+
+        # A worker that dies takes nothing from the counters: its files stay in the sum
+        # (prometheus-client's multiprocess mode), only its gauges are dropped.
+        os.kill(pids[0], signal.SIGKILL)
+        await server.logged(f"worker 0 (pid {pids[0]}) killed by SIGKILL; restarting it")
+        while "ready" not in await server.logged("worker 0 (pid"):
+            pass
+        samples = await trio.to_thread.run_sync(scrape, url)
+        assert samples[completed] == connections
+        assert samples[plain] == 1
+        assert samples[("trio_accept_connections_accepted_total", ())] == connections + 1
+        assert samples[("trio_accept_handshake_duration_seconds_count", ())] == connections
+        assert samples[("trio_accept_connections_active", ())] == 0
         status, log = await server.stop()
     assert status == 0
     assert list(scratch.iterdir()) == []

@@ -243,6 +243,10 @@ def _certificates(settings: Settings, password: str | None) -> _Certificates:
         result = _Certificates(f"certificate {settings.cert}")
     else:
         result = _Certificates(f"dev certificate for {', '.join(DEV_IDENTITIES)}")
+        result.ca_path = dev_ca_path(settings.dev_ca)
+        # The dev leaf is issued afresh at each start; no client that trusts the dev CA
+        # accepts it past the CA's own expiry, so that is the one to watch.
+        expiring["default"] = result.ca_path
 
     def factory() -> ssl.SSLContext:
         context = server_context(settings.cert, settings.key, **options)
@@ -252,8 +256,6 @@ def _certificates(settings: Settings, password: str | None) -> _Certificates:
         return context
 
     result.store = CertificateStore(factory, files=[path for path in files if path is not None])
-    if settings.cert is None:
-        result.ca_path = dev_ca_path(settings.dev_ca)
     return result
 
 
