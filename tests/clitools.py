@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,18 @@ CLIENT_TIMEOUT = 10.0
 COMMAND = (sys.executable, "-m", "trio_accept")
 #: The directory of this file: test handler modules live here (``cli_handlers``).
 TESTS = Path(__file__).parent
+
+# Puts the inherited socket at file descriptor 3 and sets LISTEN_FDS/LISTEN_PID for the
+# process it becomes, as systemd does (exec keeps the pid).
+SOCKET_ACTIVATE = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="https")
+os.execv(sys.executable, [sys.executable, "-m", "trio_accept", *sys.argv[2:]])
+"""
 
 BANNER = re.compile(r"trio-accept: TLS (.+?) on (\S+):(\d+) \((.*)\)$")
 
@@ -181,6 +194,20 @@ async def serve(
         )
 
 
+def socket_activated(fd: int) -> list[str]:
+    """The command, started as systemd's socket activation does: with the listening
+    socket ``fd`` (which the caller passes) at file descriptor 3, and ``LISTEN_FDS``."""
+    return [sys.executable, "-c", SOCKET_ACTIVATE, str(fd)]
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 and a free port, to pass to the command."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
 # -- blocking clients, run in threads ------------------------------------------------------
 
 
@@ -237,6 +264,21 @@ def plain_http(port: int) -> bytes:
         while chunk := raw.recv(4096):
             response += chunk
         return response
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a Prometheus endpoint, by name and labels."""
+    from prometheus_client.parser import (  # noqa: PLC0415 - optional
+        text_string_to_metric_families,
+    )
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def pid_alive(pid: int) -> bool:

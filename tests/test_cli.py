@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,11 +32,13 @@ from clitools import (
     connect,
     echo_line,
     echo_once,
+    listening_socket,
     plain_http,
     read_all,
     reap,
     running,
     serve,
+    socket_activated,
     trusting,
 )
 from cryptography.hazmat.primitives import serialization
@@ -606,55 +607,88 @@ async def test_serve_as_a_tls_terminating_proxy(tmp_path: Path, upstream: int) -
     assert "Traceback" not in log
 
 
-#: The 12-byte signature that opens every PROXY protocol v2 header.
-PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+def _through_a_balancer(port: int, context: ssl.SSLContext, header: bytes) -> tuple[int, bytes]:
+    """Connect as a load balancer would (``header`` first, if any); returns the TCP
+    source port and the first line the server sends."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getsockname()[1], echo_line(tls, b"")
 
 
+@pytest.mark.parametrize("front", ["direct", "load balancer"])
 async def test_upstream_proxy_protocol_tells_the_upstream_who_connected(
-    tmp_path: Path,
+    tmp_path: Path, front: str
 ) -> None:
+    from trio_accept import (  # noqa: PLC0415
+        ProxyHeader,
+        encode_proxy_v1,
+        encode_proxy_v2,
+        parse_proxy_header,
+    )
+
     upstream = trio.socket.socket()
     await upstream.bind(("127.0.0.1", 0))
     upstream.listen()
-    headers: list[bytes] = []
+    headers: list[ProxyHeader] = []
+    # What the load balancer says: the client, and the address the client connected to
+    # (the balancer's own, not ours).
+    received = [
+        encode_proxy_v1(("203.0.113.7", 4242), ("198.51.100.1", 443)),
+        encode_proxy_v2(("2001:db8::7", 4343, 0, 0), ("2001:db8::1", 8443, 0, 0)),
+    ]
+    if front == "direct":
+        received = [b""]
 
-    async def answer_once() -> None:
-        connection, _ = await upstream.accept()
-        with connection:
-            received = b""
-            while len(received) < 16:
-                received += await connection.recv(4096)
-            length = int.from_bytes(received[14:16], "big")
-            while len(received) < 16 + length:
-                received += await connection.recv(4096)
-            headers.append(received[: 16 + length])
-            await connection.send(b"hello from upstream\n")
+    async def answer() -> None:
+        for _ in received:
+            connection, _ = await upstream.accept()
+            with connection:
+                buffer = b""
+                while (parsed := parse_proxy_header(buffer)) is None:
+                    buffer += await connection.recv(4096)
+                headers.append(parsed[0])
+                await connection.send(b"hello from upstream\n")
 
     port = upstream.getsockname()[1]
     arguments = ["--dev-ca", str(tmp_path), "--upstream", f"127.0.0.1:{port}"]
+    arguments += ["--upstream-proxy-protocol"]
+    if front == "load balancer":
+        arguments += ["--proxy-protocol"]
+    client_ports: list[int] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer_once)
-        async with serve([*arguments, "--upstream-proxy-protocol"]) as server:
-            with await trio.to_thread.run_sync(
-                connect, server.port, trusting(tmp_path / "dev-ca.pem")
-            ) as tls:
-                client_port = tls.getsockname()[1]
-                line = await trio.to_thread.run_sync(echo_line, tls, b"")
-            assert line == b"hello from upstream\n"
+        nursery.start_soon(answer)
+        async with serve(arguments) as server:
+            context = trusting(tmp_path / "dev-ca.pem")
+            for header in received:
+                client_port, line = await trio.to_thread.run_sync(
+                    _through_a_balancer, server.port, context, header
+                )
+                assert line == b"hello from upstream\n"
+                client_ports.append(client_port)
             status, _ = await server.stop()
     upstream.close()
     assert status == 0
-    (header,) = headers
-    assert header.startswith(PROXY_V2_SIGNATURE)
-    assert header[12] == 0x21  # version 2, PROXY
-    assert header[13] == 0x11  # TCP over IPv4
-    assert header[16:20] == bytes([127, 0, 0, 1])  # the client's address
-    assert int.from_bytes(header[24:26], "big") == client_port
+    assert all(header.version == 2 and header.command == "PROXY" for header in headers)
+    addresses = [(header.source, header.destination) for header in headers]
+    if front == "direct":  # this connection's own addresses
+        assert addresses == [(("127.0.0.1", client_ports[0]), ("127.0.0.1", server.port))]
+    else:  # the balancer's header, passed on: the original client, where it connected
+        assert addresses == [
+            (("203.0.113.7", 4242), ("198.51.100.1", 443)),
+            (("2001:db8::7", 4343, 0, 0), ("2001:db8::1", 8443, 0, 0)),
+        ]
 
 
 def test_upstream_and_handler_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--upstream", "127.0.0.1:80", "--handler", "info"]) == 2
-    assert "the upstream is the handler" in capsys.readouterr().err
+    for handler in ("info", "echo"):  # echo too, the default: it was asked for
+        assert main(["serve", "--upstream", "127.0.0.1:80", "--handler", handler]) == 2
+        assert "upstream (--upstream) and handler (--handler): the upstream is the handler" in (
+            capsys.readouterr().err
+        )
+    # The info handler speaks HTTP/1.1: an HTTP/2 client would get nothing it can read.
+    assert main(["serve", "--handler", "info", "--alpn", "h2"]) == 2
+    assert "info speaks HTTP/1.1 only" in capsys.readouterr().err
     assert main(["serve", "--upstream", "nope:"]) == 2
     assert "upstream (--upstream): " in capsys.readouterr().err
 
@@ -734,10 +768,7 @@ async def test_key_password_from_the_environment_and_a_file(tmp_path: Path) -> N
             assert echoed == b"hello\n"
             status, log = await server.stop()
         assert status == 0
-        assert (
-            f"{key}: the private key is readable by its group and others (mode 0644); "
-            f"make it readable by its owner only: chmod 600 {key}"
-        ) in log
+        assert f"{key}: the private key is readable by every user (mode 0644)" in log
         assert "correct horse" not in log
 
 
@@ -822,13 +853,6 @@ def test_unknown_user_or_group(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "group: no such group 'no-such'" in capsys.readouterr().err
 
 
-def listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    return sock
-
-
 async def test_serve_on_an_inherited_socket(tmp_path: Path) -> None:
     with listening_socket() as sock:
         fd, port = sock.fileno(), sock.getsockname()[1]
@@ -862,24 +886,11 @@ def test_an_inherited_fd_that_is_not_a_listening_socket(
     assert "fd (--fd) serves an inherited socket" in capsys.readouterr().err
 
 
-# Puts the inherited socket at file descriptor 3 and sets LISTEN_FDS/LISTEN_PID for the
-# process it becomes, as systemd does (exec keeps the pid).
-SOCKET_ACTIVATE = """\
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="https")
-os.execv(sys.executable, [sys.executable, "-m", "trio_accept", *sys.argv[2:]])
-"""
-
-
 async def test_systemd_socket_activation(tmp_path: Path) -> None:
     with listening_socket() as sock:
         fd, port = sock.fileno(), sock.getsockname()[1]
-        command = [sys.executable, "-c", SOCKET_ACTIVATE, str(fd)]
         arguments = ["--dev-ca", str(tmp_path), "--handler", "cli_handlers:environment"]
+        command = socket_activated(fd)
         async with serve(arguments, command=command, port=(), pass_fds=[fd]) as server:
             assert server.port == port
             answer = await trio.to_thread.run_sync(

@@ -1,5 +1,5 @@
-"""Prometheus metrics (``serve --metrics``): what is counted, and the endpoint. The command
-is scraped end to end, with workers, in test_workers."""
+"""Prometheus metrics (``serve --metrics``): what is counted, the endpoint, and the command
+scraped end to end in one process (with workers: test_workers)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import socket
 import time
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
+import trio
+from clitools import PROCESS_DEADLINE, echo_once, plain_http, scrape, serve, trusting
+from cryptography import x509
 
 from trio_accept import Reason, ServerStats
 from trio_accept._metrics import (
@@ -104,3 +108,39 @@ def test_the_endpoint_serves_and_closes() -> None:
     with socket.socket() as probe:  # released (REUSEADDR: past TIME_WAIT, not a listener)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+# -- the command, end to end (with workers: test_workers) ---------------------------------
+
+
+async def test_serve_metrics_in_one_process(tmp_path: Path) -> None:
+    arguments = ["--dev-ca", str(tmp_path), "--metrics", "127.0.0.1:0"]
+    async with serve(arguments) as server:
+        url = server.banner_line("metrics:").split()[-1]
+        context = trusting(tmp_path / "dev-ca.pem")
+        echoed, _ = await trio.to_thread.run_sync(echo_once, server.port, context)
+        assert echoed == b"hello\n"
+        await trio.to_thread.run_sync(plain_http, server.port)
+        completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
+        plain = ("trio_accept_handshakes_total", (("reason", "plain-http"), ("result", "failed")))
+        # The server copies its counters every second: poll, within bounds.
+        with trio.fail_after(PROCESS_DEADLINE):
+            while True:
+                before = time.time()
+                samples = await trio.to_thread.run_sync(scrape, url)
+                if samples.get(completed) == 1 and samples.get(plain) == 1:
+                    break
+                await trio.sleep(0.1)
+        assert samples[("trio_accept_connections_accepted_total", ())] == 2
+        assert samples[("trio_accept_handshake_duration_seconds_count", ())] == 1
+        assert samples[("trio_accept_connections_active", ())] == 0
+        # The dev certificate is watched too: through its CA, which bounds it.
+        ca = x509.load_pem_x509_certificate((tmp_path / "dev-ca.pem").read_bytes())
+        expires = ca.not_valid_after_utc.timestamp()
+        default = (("certificate", "default"),)
+        assert samples[("trio_accept_certificate_expiry_timestamp_seconds", default)] == expires
+        left = samples[("trio_accept_certificate_expiry_seconds", default)]
+        assert 0 < left <= expires - before
+        status, log = await server.stop()
+    assert status == 0
+    assert "Traceback" not in log

@@ -723,3 +723,64 @@ async def test_curl_through_the_relay_to_http_server(
 def test_public_names() -> None:
     for name in ("relay_handler", "parse_host_port", "info_handler"):
         assert getattr(trio_accept, name).__module__ == "trio_accept"
+
+
+# -- the PROXY protocol header to the upstream ----------------------------------------------
+
+
+async def read_proxy_header(stream: trio.abc.ReceiveStream) -> trio_accept.ProxyHeader:
+    """The PROXY header the upstream received (nothing else is read)."""
+    received = bytearray()
+    while (parsed := trio_accept.parse_proxy_header(received)) is None:
+        data = await stream.receive_some(1)  # byte by byte: nothing past the header
+        assert data, f"EOF after {bytes(received)!r}"
+        received += data
+    return parsed[0]
+
+
+async def test_upstream_proxy_header_is_local_when_addresses_do_not_fit(
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    relay_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A caller that accepts on a UNIX socket and names the client by an IP address: one
+    PROXY header cannot carry an IP source and a UNIX destination, so the upstream is told
+    LOCAL (no client address), and the log says so."""
+    headers: list[trio_accept.ProxyHeader] = []
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            headers.append(await read_proxy_header(stream))
+            await stream.send_all(b"hello from upstream\n")
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            port = await start_upstream(nursery, upstream)
+            ours, theirs = trio.socket.socketpair(socket.AF_UNIX)
+            client = trio.SSLStream(
+                trio.SocketStream(theirs), client_context, server_hostname="localhost"
+            )
+            servers: list[TLSStream] = []
+
+            async def accept() -> None:
+                transport = trio.SocketStream(ours)
+                peer = ("203.0.113.7", 4242)
+                servers.append(
+                    await trio_accept.accept(transport, server_context, peer_address=peer)
+                )
+
+            async with trio.open_nursery() as handshakes:  # both ends, then on
+                handshakes.start_soon(accept)
+                await client.do_handshake()
+            nursery.start_soon(relay_handler("127.0.0.1", port, proxy_protocol=True), servers[0])
+            assert await receive_until_eof(client) == b"hello from upstream\n"
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    (header,) = headers
+    assert (header.command, header.source, header.destination) == ("LOCAL", None, None)
+    (record,) = [r for r in relay_records(relay_logs) if "LOCAL" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith(
+        f"relay 203.0.113.7:4242 -> 127.0.0.1:{port}: sending a LOCAL PROXY header "
+        "(no client address): cannot describe ('203.0.113.7', 4242) -> '': "
+    )

@@ -134,7 +134,23 @@ def test_the_example_file_loads() -> None:
         ),
     )
     assert settings.metrics == "127.0.0.1:9100"
-    assert settings.user == "www-data"
+    assert settings.user == "trio-accept"
+
+
+def test_the_example_units_agree_with_the_file() -> None:
+    """The socket-activated unit starts as the file's user (so there is nothing to switch,
+    which a non-root process could not do); the other unit starts as root and lets the
+    file's ``user`` switch."""
+
+    def keys(unit: str) -> dict[str, str]:
+        lines = (DOCS / "examples" / unit).read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+
+    user = settings_of("--config", str(EXAMPLE)).user
+    activated = keys("trio-accept-activated.service")
+    assert activated["User"] == activated["Group"] == user
+    assert "--config /etc/trio-accept/trio-accept.toml" in activated["ExecStart"]
+    assert "User" not in keys("trio-accept.service")
 
 
 # -- precedence ----------------------------------------------------------------------------
@@ -168,6 +184,20 @@ def test_lists_on_the_command_line() -> None:
         SNIEntry("*.b.test", Path("b.pem"), Path("b.key")),
     )
     assert settings.fd == (3, 4)
+
+
+def test_inherited_sockets_win_over_the_files_host_and_port(tmp_path: Path) -> None:
+    path = config(tmp_path, 'host = "0.0.0.0"\nport = 443\nbacklog = 16\n')
+    settings = settings_of("--config", str(path), "--fd", "3")
+    assert settings.fd == (3,)
+    assert {"host", "port", "backlog", "fd"} <= settings.explicit
+    # The same in one file: the inherited socket wins (the command logs what it ignores).
+    path = config(tmp_path, "fd = [3]\nport = 443\n")
+    assert settings_of("--config", str(path)).fd == (3,)
+    assert settings_of("--config", str(path), "--port", "1").fd == (3,)
+    # What was defaulted is not explicit; what was typed or read is.
+    assert settings_of("--port", "1").explicit == {"port"}
+    assert settings_of() == settings_of("--port", "8443")  # equal: same values
 
 
 # -- errors name what is wrong ---------------------------------------------------------------
@@ -221,7 +251,14 @@ def test_a_missing_file(tmp_path: Path) -> None:
         (["--key-password-env", "A"], "a key password needs cert and key"),
         (["--client-cert", "optional"], "client_cert (--client-cert) needs client_ca"),
         (["--upstream", "x:1", "--handler", "info"], "the upstream is the handler"),
+        (["--upstream", "x:1", "--handler", "echo"], "the upstream is the handler"),
         (["--upstream-proxy-protocol"], "needs upstream (--upstream)"),
+        (
+            ["--handler", "info", "--alpn", "h2"],
+            "handler (--handler) info speaks HTTP/1.1 only, but alpn (--alpn) offers h2: "
+            "give alpn http/1.1, or none",
+        ),
+        (["--handler", "info", "--alpn", "http/1.1,h2"], "offers h2:"),
         (["--fd", "3", "--host", "::"], "fd (--fd) serves an inherited socket"),
         (["--fd", "3", "--backlog", "5"], "an inherited socket has its backlog"),
         (["--sni", "nope"], "--sni nope: expected NAME=CERT or NAME=CERT:KEY"),

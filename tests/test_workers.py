@@ -6,23 +6,27 @@ import datetime
 import os
 import re
 import signal
+import socket
 import ssl
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import trio
 import trustme
 from clitools import (
+    COMMAND,
     PROCESS_DEADLINE,
     Serve,
     connect,
     echo_line,
+    listening_socket,
     pid_alive,
     plain_http,
     read_all,
+    scrape,
     serve,
+    socket_activated,
     trusting,
 )
 from helpers import replace_certificate
@@ -138,6 +142,78 @@ async def test_workers_share_the_port_are_restarted_and_all_stop(tmp_path: Path)
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("inherited", ["LISTEN_FDS", "--fd"])
+async def test_workers_serve_an_inherited_socket_whatever_the_file_says(
+    tmp_path: Path, inherited: str
+) -> None:
+    # The documented socket-activated unit: a configuration file with host and port (it
+    # also serves a unit that binds) and workers. The inherited socket wins; this
+    # address could not even be bound here.
+    config = tmp_path / "trio-accept.toml"
+    config.write_text('host = "192.0.2.1"\nport = 443\nbacklog = 16\n')
+    arguments = ["--config", str(config), "--dev-ca", str(tmp_path), "--workers", "2"]
+    arguments += ["--handler", "cli_handlers:pid"]
+    with listening_socket() as sock:
+        fd, port = sock.fileno(), sock.getsockname()[1]
+        command = socket_activated(fd) if inherited == "LISTEN_FDS" else COMMAND
+        if inherited == "--fd":
+            arguments += ["--fd", str(fd)]
+        async with serve(arguments, command=command, port=(), pass_fds=[fd]) as server:
+            assert server.port == port
+            pids = worker_pids(server)  # both workers are ready: the banner waits for them
+            context = trusting(tmp_path / "dev-ca.pem")
+            for _ in range(3):
+                assert int(await trio.to_thread.run_sync(read_all, port, context)) in pids
+            status, log = await server.stop()
+    assert status == 0
+    source = "LISTEN_FDS" if inherited == "LISTEN_FDS" else "fd (--fd)"
+    ignored = "host (--host), port (--port), backlog (--backlog) ignored"
+    # Said once, by the supervisor, not by every worker.
+    assert log.count(f"serving on the inherited sockets of {source}: {ignored}") == 1
+    assert "do not apply" not in log
+    assert "Traceback" not in log
+
+
+async def test_sd_notify_speaks_for_every_worker(tmp_path: Path) -> None:
+    notifications = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with notifications:
+        path = tmp_path / "notify"
+        await notifications.bind(str(path))
+
+        async def next_message() -> list[str]:
+            with trio.fail_after(PROCESS_DEADLINE):
+                return (await notifications.recv(4096)).decode().split("\n")
+
+        arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
+        async with serve(arguments, env={"NOTIFY_SOCKET": str(path)}) as server:
+            # Only the supervisor speaks to systemd, once both workers are ready (the
+            # banner is printed at that moment too).
+            assert await next_message() == ["READY=1", "STATUS=serving with 2 workers"]
+            await trio.to_thread.run_sync(plain_http, server.port)
+            await server.logged("the client sent plain HTTP to a TLS port")
+            # Each worker reports its stats to the supervisor, which shows their sum.
+            server.process.send_signal(signal.SIGUSR1)
+            status = await next_message()
+            while status[0].startswith("STATUS=stats of 1 worker:"):
+                status = await next_message()
+            assert status == [
+                "STATUS=stats of 2 workers: 1 accepted, 0 handshaking, 0 completed, "
+                "1 failed (plain-http 1), 0 active, 0 closed, 0 idle-closed, "
+                "0 handler errors, 0 accept errors"
+            ]
+            server.process.send_signal(signal.SIGHUP)
+            reloading = await next_message()
+            assert reloading[0] == "RELOADING=1"
+            assert re.fullmatch(r"MONOTONIC_USEC=\d+", reloading[1])
+            assert await next_message() == ["READY=1"]  # once both workers reloaded
+            for _ in range(2):  # it came after both workers had reloaded
+                await server.logged("certificates reloaded")
+            server.process.send_signal(signal.SIGTERM)
+            assert await next_message() == ["STOPPING=1"]
+            with trio.fail_after(PROCESS_DEADLINE):
+                assert await server.process.wait() == 0
+
+
 async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
     ca = trustme.CA()
     old, new = ca.issue_cert("localhost"), ca.issue_cert("localhost")
@@ -155,10 +231,22 @@ async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
     assert "SIGHUP: reloading the certificates in every worker" in log
 
 
+async def test_a_key_every_user_can_read_is_reported_once(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    replace_certificate(trustme.CA().issue_cert("localhost"), cert, key)
+    key.chmod(0o644)
+    arguments = ["--cert", str(cert), "--key", str(key), "--workers", "2"]
+    async with serve(arguments) as server:
+        status, log = await server.stop()
+    assert status == 0
+    # By the supervisor, which checked the settings; not again by each worker.
+    assert log.count("the private key is readable by every user (mode 0644)") == 1
+
+
 async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> None:
     arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
     arguments += ["--handler", "cli_worker_fails:handler"]
-    from clitools import COMMAND, running  # noqa: PLC0415
+    from clitools import running  # noqa: PLC0415
 
     argv = [*COMMAND, "serve", "--port", "0", *arguments]
     async with running(argv) as (process, stdout, stderr):
@@ -173,19 +261,6 @@ async def test_a_worker_that_fails_to_start_stops_the_start(tmp_path: Path) -> N
     assert "TLS" not in out  # no banner: it never served
     for pid in re.findall(r"\(pid (\d+)\) started", log):
         assert not pid_alive(int(pid))
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The samples of a Prometheus endpoint, by name and labels."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
@@ -231,6 +306,19 @@ async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
         )
         left = samples[("trio_accept_certificate_expiry_seconds", default)]
         assert 29 * 86400 < left <= expires.timestamp() - before
+
+        # A worker that dies takes nothing from the counters: its files stay in the sum
+        # (prometheus-client's multiprocess mode), only its gauges are dropped.
+        os.kill(pids[0], signal.SIGKILL)
+        await server.logged(f"worker 0 (pid {pids[0]}) killed by SIGKILL; restarting it")
+        while "ready" not in await server.logged("worker 0 (pid"):
+            pass
+        samples = await trio.to_thread.run_sync(scrape, url)
+        assert samples[completed] == connections
+        assert samples[plain] == 1
+        assert samples[("trio_accept_connections_accepted_total", ())] == connections + 1
+        assert samples[("trio_accept_handshake_duration_seconds_count", ())] == connections
+        assert samples[("trio_accept_connections_active", ())] == 0
         status, log = await server.stop()
     assert status == 0
     assert list(scratch.iterdir()) == []

@@ -14,7 +14,8 @@ one line saying why, before anything is served):
 
 With ``--workers N`` (:mod:`._workers`) the same command runs N times under a supervisor,
 each copy told its worker number; the supervisor checks steps 1-3 first so that a typo is
-reported once, not by N workers.
+reported once, not by N workers (and so is a warning, such as a key that every user can
+read: the workers do not repeat it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from ._config import (
     server_context,
 )
 from ._devcerts import CA_KEY_FILE, DEV_IDENTITIES, dev_ca, dev_ca_path, state_directory
-from ._listener import Server, ServerStats, current_server, open_server
+from ._listener import Server, current_server, open_server
 from ._metrics import (
     MULTIPROC_VARIABLE,
     Metrics,
@@ -72,6 +73,7 @@ from ._process import (
     key_password,
 )
 from ._settings import (
+    BINDING,
     DEFAULT_HOST,
     DEFAULT_PORT,
     OPENSSL_GROUPS,
@@ -79,12 +81,14 @@ from ._settings import (
     SettingsError,
     add_arguments,
     load_settings,
+    spelling,
 )
+from ._stats import STATS_FIELD, encode_stats, stats_line
 from ._stream import TLSStream
 from ._systemd import SystemdError, listen_fds, notify, reloading_fields
 from ._workers import Supervisor
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_parser", "main"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_parser", "main", "stats_line"]
 
 logger = logging.getLogger("trio_accept")
 
@@ -116,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     # How the supervisor of --workers starts each worker; not for people.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
+    # The listening sockets the supervisor shares (its --fd's or LISTEN_FDS): they win
+    # over everything the settings say about sockets, and were reported by it.
+    serve.add_argument("--worker-fd", type=int, action="append", help=argparse.SUPPRESS)
     ca = commands.add_parser(
         "ca",
         help="create or show the development CA, and how to trust it",
@@ -192,8 +199,9 @@ class _Plan:
     certificates: _Certificates
 
 
-def _prepare(settings: Settings) -> _Plan:
-    """Steps 2 and 3 (see the module notes).
+def _prepare(settings: Settings, *, worker: bool) -> _Plan:
+    """Steps 2 and 3 (see the module notes); a worker does not repeat the supervisor's
+    warnings.
 
     Raises:
         SettingsError, SetupError: a setting cannot be used.
@@ -203,7 +211,8 @@ def _prepare(settings: Settings) -> _Plan:
     password = key_password(env=settings.key_password_env, file=settings.key_password_file)
     keys = [settings.key] if settings.key is not None else []
     keys += [entry.key or entry.cert for entry in settings.sni]
-    check_key_permissions(keys)
+    if not worker:
+        check_key_permissions(keys)
     return _Plan(settings, handler, what, _certificates(settings, password))
 
 
@@ -234,6 +243,10 @@ def _certificates(settings: Settings, password: str | None) -> _Certificates:
         result = _Certificates(f"certificate {settings.cert}")
     else:
         result = _Certificates(f"dev certificate for {', '.join(DEV_IDENTITIES)}")
+        result.ca_path = dev_ca_path(settings.dev_ca)
+        # The dev leaf is issued afresh at each start; no client that trusts the dev CA
+        # accepts it past the CA's own expiry, so that is the one to watch.
+        expiring["default"] = result.ca_path
 
     def factory() -> ssl.SSLContext:
         context = server_context(settings.cert, settings.key, **options)
@@ -243,8 +256,6 @@ def _certificates(settings: Settings, password: str | None) -> _Certificates:
         return context
 
     result.store = CertificateStore(factory, files=[path for path in files if path is not None])
-    if settings.cert is None:
-        result.ca_path = dev_ca_path(settings.dev_ca)
     return result
 
 
@@ -365,7 +376,7 @@ def _serve_command(args: argparse.Namespace, argv: list[str]) -> int:
     _configure_logging(settings.log_level, worker)
     warnings.simplefilter("ignore", CertificateWarning)  # logged already, once is enough
     try:
-        plan = _prepare(settings)
+        plan = _prepare(settings, worker=worker is not None)
     except (SettingsError, SetupError) as exc:
         return _error(str(exc))
     except (OSError, ssl.SSLError, CertificateError) as exc:
@@ -376,21 +387,49 @@ def _serve_command(args: argparse.Namespace, argv: list[str]) -> int:
         return _error(f"cannot load {what}: {exc}")
     if settings.workers > 1 and worker is None:
         return _supervise(plan, argv)
-    return _serve_here(plan, worker=worker, lifeline=args.supervisor_fd)
+    return _serve_here(
+        plan, worker=worker, lifeline=args.supervisor_fd, shared=args.worker_fd or []
+    )
 
 
-def _open_sockets(settings: Settings, *, reuse_port: bool) -> list[socket.socket]:
-    """The listening sockets: ``--fd``'s, systemd's, or bound here.
+def _inherited_fds(settings: Settings) -> tuple[list[int], str]:
+    """The inherited listening descriptors -- ``--fd``'s, else systemd's -- and where they
+    come from; none when the command is to bind.
+
+    Raises:
+        SystemdError: ``LISTEN_FDS`` is malformed.
+    """
+    if settings.fd:
+        return list(settings.fd), "fd (--fd)"
+    return listen_fds(), "LISTEN_FDS"
+
+
+def _report_ignored(settings: Settings, source: str) -> None:
+    """Inherited sockets win over host, port and backlog: say so once if any was given
+    (typically by a configuration file shared with a unit that binds)."""
+    ignored = [spelling(name) for name in BINDING if name in settings.explicit]
+    if ignored:
+        logger.info(
+            "serving on the inherited sockets of %s: %s ignored", source, ", ".join(ignored)
+        )
+
+
+def _open_sockets(
+    settings: Settings, *, reuse_port: bool, shared: Sequence[int] = ()
+) -> list[socket.socket]:
+    """The listening sockets: the supervisor's (``shared``), ``--fd``'s, systemd's, or
+    bound here.
 
     Raises:
         SetupError, SystemdError: an inherited descriptor is unusable.
         OSError: binding failed.
     """
-    if settings.fd:
-        return [inherited(fd, source=f"fd (--fd {fd})") for fd in settings.fd]
-    activated = listen_fds()
-    if activated:
-        return [inherited(fd, source="LISTEN_FDS") for fd in activated]
+    if shared:
+        return [inherited(fd, source="the supervisor's sockets") for fd in shared]
+    fds, source = _inherited_fds(settings)
+    if fds:
+        _report_ignored(settings, source)
+        return [inherited(fd, source=source) for fd in fds]
     return bind(settings.host, settings.port, backlog=settings.backlog, reuse_port=reuse_port)
 
 
@@ -401,10 +440,12 @@ def trio_listeners(sockets: Sequence[socket.socket]) -> list[trio.SocketListener
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
-def _serve_here(plan: _Plan, *, worker: int | None, lifeline: int | None) -> int:
+def _serve_here(
+    plan: _Plan, *, worker: int | None, lifeline: int | None, shared: Sequence[int]
+) -> int:
     settings = plan.settings
     try:
-        sockets = _open_sockets(settings, reuse_port=worker is not None)
+        sockets = _open_sockets(settings, reuse_port=worker is not None, shared=shared)
     except (SetupError, SystemdError) as exc:
         return _error(str(exc))
     except OSError as exc:
@@ -498,9 +539,10 @@ async def _serve(
                     _print_banner(plan, addresses, metrics_server)
                 where = ", ".join(f"{host}:{port}" for host, port in addresses)
                 notify("READY=1", f"STATUS=TLS {plan.what} on {where}")
-                nursery.start_soon(_watch_signals, signals, server, store, stop_now)
+                report = partial(_report_stats, server, worker=worker)
+                nursery.start_soon(_watch_signals, signals, server, store, stop_now, report)
                 if settings.stats_interval is not None:
-                    nursery.start_soon(_log_stats, server, settings.stats_interval)
+                    nursery.start_soon(_log_stats, report, settings.stats_interval)
                 if settings.watch is not None:
                     nursery.start_soon(store.watch, settings.watch)
                 if metrics is not None:
@@ -534,6 +576,7 @@ async def _watch_signals(
     server: Server,
     store: CertificateStore,
     stop_now: trio.CancelScope,
+    report_stats: Callable[[], object],
 ) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
@@ -544,7 +587,7 @@ async def _watch_signals(
             notify("READY=1")
             continue
         if signum == signal.SIGUSR1:
-            logger.info("%s", stats_line(server.stats))
+            report_stats()
             continue
         if server.shutting_down:
             logger.warning("%s again: stopping now", name)
@@ -554,12 +597,19 @@ async def _watch_signals(
         server.start_shutdown()
 
 
-async def _log_stats(server: Server, interval: float) -> None:
+def _report_stats(server: Server, *, worker: int | None) -> None:
+    """Log the stats line, and show it in ``systemctl status`` -- a worker's through its
+    supervisor, which shows every worker's sum (see :mod:`._stats`)."""
+    stats = server.stats
+    line = stats_line(stats)
+    logger.info("%s", line)
+    notify(f"STATUS={line}" if worker is None else f"{STATS_FIELD}={encode_stats(stats)}")
+
+
+async def _log_stats(report: Callable[[], object], interval: float) -> None:
     while True:
         await trio.sleep(interval)
-        line = stats_line(server.stats)
-        logger.info("%s", line)
-        notify(f"STATUS={line}")
+        report()
 
 
 async def _sync_metrics(server: Server, metrics: Metrics) -> None:
@@ -575,22 +625,6 @@ async def _watch_supervisor(lifeline: int, server: Server) -> None:
     await trio.lowlevel.wait_readable(lifeline)
     logger.warning("the supervisor is gone: shutting down")
     server.start_shutdown()
-
-
-def stats_line(stats: ServerStats) -> str:
-    """One readable line of a server's counters."""
-    failed = sum(stats.failed.values())
-    reasons = ", ".join(
-        f"{reason.value} {count}"
-        for reason, count in sorted(stats.failed.items(), key=lambda item: -item[1])
-    )
-    return (
-        f"stats: {stats.accepted} accepted, {stats.handshakes_in_flight} handshaking, "
-        f"{stats.completed} completed, {failed} failed{f' ({reasons})' if reasons else ''}, "
-        f"{stats.active_connections} active, {stats.closed} closed, "
-        f"{stats.idle_closed} idle-closed, {stats.handler_errors} handler errors, "
-        f"{stats.accept_errors} accept errors"
-    )
 
 
 def _print_banner(
@@ -639,13 +673,18 @@ def _supervise(plan: _Plan, argv: list[str]) -> int:
     settings = plan.settings
     try:
         who = identity(settings.user, settings.group)
-        activated = [] if settings.fd else listen_fds()
-        fds = list(settings.fd) or activated
-        shared = [inherited(fd, source="LISTEN_FDS" if activated else "fd (--fd)") for fd in fds]
+        fds, source = _inherited_fds(settings)
+        shared = [inherited(fd, source=source) for fd in fds]
     except (SetupError, SystemdError) as exc:
         return _error(str(exc))
+    if shared:
+        _report_ignored(settings, source)
+    if who is not None and who.is_current():
+        who = None  # started as that user already (systemd's User=): nothing to switch
     reserved: list[socket.socket] = []
-    extra = [argument for fd in activated for argument in ("--fd", str(fd))]
+    # The workers take the shared sockets whatever their settings say of host and port
+    # (their LISTEN_FDS would not be theirs: LISTEN_PID names the supervisor).
+    extra = [argument for fd in fds for argument in ("--worker-fd", str(fd))]
     if not shared:  # each worker binds; the supervisor holds the port (and picks it)
         try:
             reserved = bind(settings.host, settings.port, reuse_port=True, listen=False)

@@ -27,8 +27,10 @@ logger = logging.getLogger("trio_accept")
 #: at ``net.core.somaxconn``), like trio's ``open_tcp_listeners``. A burst of clients
 #: waits in the kernel instead of being refused.
 DEFAULT_BACKLOG: Final = 0xFFFF
-#: Key-file permission bits that let someone other than the owner read the key.
-READABLE_BY_OTHERS: Final = stat.S_IRGRP | stat.S_IROTH
+#: The key-file permission bit warned about: every user of the machine can read the key.
+#: Its group may (0640): a group is how an operator shares a key with the service's user
+#: on purpose -- Debian's ``ssl-cert``, certbot's ``chgrp``, a unit's ``Group=``.
+READABLE_BY_OTHERS: Final = stat.S_IROTH
 
 
 class SetupError(Exception):
@@ -173,7 +175,9 @@ def key_password(*, env: str | None, file: Path | None) -> str | None:
 
 
 def check_key_permissions(paths: Iterable[Path]) -> list[str]:
-    """Warn (log) about private key files that the group or others can read.
+    """Warn (log) about private key files that every user of the machine can read.
+
+    A key its group can read (0640) is not warned about: see :data:`READABLE_BY_OTHERS`.
 
     Returns:
         The warnings, as logged.
@@ -185,15 +189,10 @@ def check_key_permissions(paths: Iterable[Path]) -> list[str]:
         except OSError:
             continue  # loading it will say what is wrong
         if mode & READABLE_BY_OTHERS:
-            who = " and ".join(
-                name
-                for name, bit in (("its group", stat.S_IRGRP), ("others", stat.S_IROTH))
-                if mode & bit
-            )
             message = (
-                f"{path}: the private key is readable by {who} (mode "
-                f"{stat.S_IMODE(mode):04o}); make it readable by its owner only: "
-                f"chmod 600 {path}"
+                f"{path}: the private key is readable by every user (mode "
+                f"{stat.S_IMODE(mode):04o}); make it readable by its owner only "
+                f"(chmod 600 {path}) or also by the server's group (chmod 640 {path})"
             )
             logger.warning("%s", message)
             warnings.append(message)
@@ -211,6 +210,15 @@ class Identity:
     uid: int
     gid: int
     user: str | None
+
+    def is_current(self) -> bool:
+        """Whether this process is that user and group already (real and effective)."""
+        return (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) == (
+            self.uid,
+            self.uid,
+            self.gid,
+            self.gid,
+        )
 
 
 def identity(user: str | None, group: str | None) -> Identity | None:
@@ -246,7 +254,7 @@ def drop_privileges(who: Identity) -> None:
     Raises:
         SetupError: Not root (and not ``who`` already), or the switch failed.
     """
-    if (os.getuid(), os.getgid()) == (who.uid, who.gid) and os.geteuid() == who.uid:
+    if who.is_current():
         return
     if os.geteuid() != 0:
         raise SetupError(

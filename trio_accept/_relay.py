@@ -128,8 +128,17 @@ def _split_plain(text: str) -> tuple[str, str | None]:
     return host, port_text if colon else None
 
 
-def _proxy_header(stream: TLSStream) -> bytes:
-    """The PROXY v2 header for the upstream: who the client is, and where it connected."""
+def _proxy_header(stream: TLSStream, upstream_name: str) -> bytes:
+    """The PROXY v2 header for the upstream: who the client is, and where it connected --
+    the load balancer's header passed on when there was one, else this connection's
+    addresses.
+
+    When they cannot be told -- a transport without addresses, or a source and a
+    destination that one header cannot carry together (an IP client named by the caller
+    on a UNIX socket) -- the header says ``LOCAL`` ("no client address") and the upstream
+    sees ours; that is logged, since an upstream that trusts the header then
+    misattributes the connection.
+    """
     info = stream.info
     destination = None
     if info.proxy is not None and info.proxy.destination is not None:
@@ -137,12 +146,23 @@ def _proxy_header(stream: TLSStream) -> bytes:
     elif isinstance(stream.transport_stream, trio.SocketStream):
         destination = stream.transport_stream.socket.getsockname()
     source = info.client_address
-    if source is not None and destination is not None:
+    if source is None or destination is None:
+        problem = "the connection's addresses are unknown"
+    else:
         try:
             return encode_proxy_v2(source, destination)
-        except ValueError:  # addresses the header cannot carry together
-            pass
-    return encode_proxy_v2(None, None)  # LOCAL: nothing to say about the client
+        except ValueError as exc:  # addresses the header cannot carry together
+            problem = str(exc)
+    logger.warning(
+        "relay %s -> %s: sending a LOCAL PROXY header (no client address): "
+        "cannot describe %r -> %r: %s",
+        address_text(source),
+        upstream_name,
+        source,
+        destination,
+        problem,
+    )
+    return encode_proxy_v2(None, None)
 
 
 def relay_handler(
@@ -206,7 +226,7 @@ def relay_handler(
             async with upstream:
                 if proxy_protocol:
                     try:
-                        await upstream.send_all(_proxy_header(stream))
+                        await upstream.send_all(_proxy_header(stream, upstream_name))
                     except trio.BrokenResourceError as exc:
                         logger.info("relay %s -> %s: %s", client_name, upstream_name, exc)
                         await stream.aclose()

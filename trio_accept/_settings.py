@@ -10,6 +10,12 @@ Precedence: the defaults, then the file (``--config FILE``), then the command li
 the table does not know is an error that names it (a typo must not be silently ignored),
 and so is a value of the wrong type. Relative paths in the file are relative to the
 file's directory, so a file and the certificates next to it can move together.
+
+Inherited sockets (``fd``, or systemd's ``LISTEN_FDS``) win over ``host``, ``port`` and
+``backlog``: those then do not apply, and the command logs once that it ignores them --
+one file can serve a unit that binds and a socket-activated one. The one combination
+refused is ``--fd`` typed on the same command line as ``--host``, ``--port`` or
+``--backlog``: one command line that says both is a mistake.
 """
 
 # The fields' defaults are dataclasses.field() calls made by _setting(), which ruff cannot
@@ -43,6 +49,8 @@ UPSTREAM_CONNECT_TIMEOUT: Final = 10.0
 #: ``tls_group``'s value for "OpenSSL's own list" (``group=None`` in server_context).
 OPENSSL_GROUPS: Final = "openssl"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: ALPN names of the HTTP versions the ``info`` handler does not speak.
+NEWER_HTTP: Final = ("h2", "h3")
 
 
 class SettingsError(ValueError):
@@ -375,6 +383,10 @@ class Settings:
         OBSERVE,
         metavar="HOST:PORT",
     )
+    # -- not a setting: where the others came from
+    explicit: frozenset[str] = field(default=frozenset[str](), compare=False)
+    """The settings given in the file or on the command line rather than defaulted: a
+    rule may depend on whether a value was asked for, not on what it is."""
 
     @property
     def require_client_cert(self) -> bool:
@@ -385,12 +397,16 @@ class Settings:
 
 #: Every setting's reading rules, by name, in the order of the fields.
 OPTIONS: Final[Mapping[str, Option]] = {
-    item.name: item.metadata["option"] for item in dataclasses.fields(Settings)
+    item.name: item.metadata["option"]
+    for item in dataclasses.fields(Settings)
+    if "option" in item.metadata
 }
 #: Default values, by name.
 DEFAULTS: Final[Mapping[str, Any]] = {
-    item.name: item.default for item in dataclasses.fields(Settings)
+    item.name: item.default for item in dataclasses.fields(Settings) if item.name in OPTIONS
 }
+#: The settings that only apply when the command binds its sockets itself.
+BINDING: Final = ("host", "port", "backlog")
 
 
 # -- the command line ----------------------------------------------------------------
@@ -614,11 +630,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     from_file = read_config(config) if config is not None else {}
     given = _given(args)
     values = {**DEFAULTS, **from_file, **given}
-    explicit = set(from_file) | set(given)
     for name, value in values.items():
         _check_range(name, OPTIONS[name], value)
-    settings = Settings(**values)
-    _check_together(settings, explicit)
+    settings = Settings(**values, explicit=frozenset(from_file) | frozenset(given))
+    _check_together(settings, typed=set(given))
     return settings
 
 
@@ -647,7 +662,8 @@ def _check_range(name: str, option: Option, value: Any) -> None:
         raise SettingsError(f"{spelling(name)}: must be <= 65535, got {value!r}")
 
 
-def _check_together(settings: Settings, explicit: set[str]) -> None:
+def _check_together(settings: Settings, *, typed: set[str]) -> None:
+    explicit = settings.explicit
     if (settings.cert is None) != (settings.key is None):
         raise SettingsError("cert (--cert) and key (--key) go together")
     if settings.key_password_env is not None and settings.key_password_file is not None:
@@ -660,17 +676,29 @@ def _check_together(settings: Settings, explicit: set[str]) -> None:
         raise SettingsError("a key password needs cert and key (--cert, --key) or sni")
     if settings.client_cert is not None and settings.client_ca is None:
         raise SettingsError(f"{spelling('client_cert')} needs {spelling('client_ca')}")
-    if settings.upstream is not None and settings.handler != "echo":
+    # Asked for, not different from the default: --handler echo --upstream X is as
+    # contradictory as --handler info --upstream X.
+    if settings.upstream is not None and "handler" in explicit:
         raise SettingsError(
             f"{spelling('upstream')} and {spelling('handler')}: the upstream is the handler;"
             " give one"
         )
+    # The info handler speaks HTTP/1.1 only: a client that ALPN puts on HTTP/2 sends a
+    # preface the handler cannot read, and gets a 400 instead of the page.
+    newer = [protocol for protocol in settings.alpn if protocol in NEWER_HTTP]
+    if settings.handler == "info" and newer:
+        raise SettingsError(
+            f"{spelling('handler')} info speaks HTTP/1.1 only, but {spelling('alpn')} "
+            f"offers {', '.join(newer)}: give alpn http/1.1, or none"
+        )
     for name in ("upstream_proxy_protocol", "upstream_connect_timeout"):
         if name in explicit and settings.upstream is None:
             raise SettingsError(f"{spelling(name)} needs {spelling('upstream')}")
-    if settings.fd and explicit & {"host", "port"}:
+    # Inherited sockets win over host, port and backlog (see the module notes), except
+    # on one command line that says both.
+    if "fd" in typed and typed & {"host", "port"}:
         raise SettingsError(
             f"{spelling('fd')} serves an inherited socket: host and port do not apply"
         )
-    if settings.fd and "backlog" in explicit:
+    if "fd" in typed and "backlog" in typed:
         raise SettingsError(f"{spelling('backlog')}: an inherited socket has its backlog")

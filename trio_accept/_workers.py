@@ -18,6 +18,10 @@ The supervisor's duties, and how each is done:
   told ``READY=1``, once every worker is ready; a worker that exits before it was ever
   ready stops the whole start (it printed why), and so do workers not all ready within
   :data:`STARTUP_TIMEOUT`.
+- **Speak for the workers.** systemd hears from the supervisor alone: ``READY=1``
+  (above), ``RELOADING=1`` then ``READY=1`` once every worker reloaded after a SIGHUP,
+  ``STOPPING=1``, and a ``STATUS=`` line -- the sum of the workers' stats each time one
+  reports them (:mod:`._stats`).
 - **Restart the dead.** A worker that exits unasked is logged and restarted, at once if it
   had been running for :data:`HEALTHY_UPTIME`, else after a delay that doubles from
   :data:`FIRST_RESTART_DELAY` up to :data:`MAX_RESTART_DELAY`: a crash loop does not spin.
@@ -47,6 +51,7 @@ from typing import Final, final
 
 import trio
 
+from ._stats import STATS_FIELD, StatsSum, decode_stats, stats_line
 from ._systemd import notify, reloading_fields
 
 logger = logging.getLogger("trio_accept")
@@ -147,6 +152,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._failed: str | None = None
         self._announced = False
+        self._stats = StatsSum()
         #: Workers restarted so far.
         self.restarts = 0
 
@@ -205,6 +211,7 @@ class Supervisor:
                 process.send_signal(signal.SIGTERM)
             status = await process.wait()
             slot.process, slot.ready = None, False
+            self._stats.retire(process.pid)
             if self._on_exit is not None:
                 self._on_exit(process.pid)
             if self._stopping.is_set():
@@ -324,6 +331,23 @@ class Supervisor:
                 if slot.reloaded is not None:
                     slot.reloaded.set()
                 self._announce_if_ready()
+            for field in fields:
+                name, _, value = field.partition("=")
+                if name == STATS_FIELD:
+                    self._stats_reported(slot, value)
+
+    def _stats_reported(self, slot: _Slot, report: str) -> None:
+        """A worker's stats: systemd's status shows the sum of every worker's."""
+        assert slot.process is not None
+        try:
+            stats = decode_stats(report)
+        except ValueError as exc:
+            logger.warning("worker %d (pid %d): %s", slot.index, slot.process.pid, exc)
+            return
+        self._stats.update(slot.process.pid, stats)
+        reporting = self._stats.reporting
+        label = f"stats of {reporting} worker{'s' if reporting != 1 else ''}"
+        notify(f"STATUS={stats_line(self._stats.total(), label=label)}")
 
     def _announce_if_ready(self) -> None:
         """The first time every worker is ready: the banner, and READY=1 to systemd."""

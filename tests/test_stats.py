@@ -1,0 +1,69 @@
+"""The command's stats: a worker's report to its supervisor, and the supervisor's sum."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_accept import Reason, ServerStats
+from trio_accept._stats import StatsSum, decode_stats, encode_stats, stats_line
+
+
+def stats(accepted: int, completed: int, failed: dict[Reason, int], active: int) -> ServerStats:
+    return ServerStats(
+        accepted=accepted,
+        handshakes_in_flight=accepted - completed - sum(failed.values()),
+        silent=0,
+        completed=completed,
+        failed=failed,
+        active_connections=active,
+        closed=completed - active,
+        idle_closed=0,
+        handler_errors=0,
+        accept_errors=0,
+    )
+
+
+def test_a_report_survives_the_trip() -> None:
+    report = stats(9, 5, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, active=3)
+    assert decode_stats(encode_stats(report)) == report
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        '{"failed": {}}',
+        encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":"1"'),
+        encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":true'),
+        encode_stats(stats(1, 0, {Reason.TIMEOUT: 1}, 0)).replace("timeout", "bored"),
+        encode_stats(stats(1, 1, {}, 0)).replace("{", '{"extra":1,', 1),
+    ],
+)
+def test_a_malformed_report_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a stats report"):
+        decode_stats(text)
+
+
+def test_the_sum_keeps_the_counters_of_workers_gone() -> None:
+    total = StatsSum()
+    total.update(101, stats(4, 3, {Reason.TIMEOUT: 1}, active=2))
+    total.update(102, stats(2, 1, {Reason.PLAIN_HTTP: 1}, active=1))
+    total.update(101, stats(5, 4, {Reason.TIMEOUT: 1}, active=2))  # the latest counts
+    assert total.reporting == 2
+    assert stats_line(total.total(), label="stats of 2 workers") == (
+        "stats of 2 workers: 7 accepted, 0 handshaking, 5 completed, "
+        "2 failed (timeout 1, plain-http 1), 3 active, 2 closed, 0 idle-closed, "
+        "0 handler errors, 0 accept errors"
+    )
+    # Worker 101 dies with 2 connections open: its counters stay, its gauges go.
+    total.retire(101)
+    total.retire(999)  # never reported: nothing to keep
+    assert total.reporting == 1
+    summed = total.total()
+    assert (summed.accepted, summed.completed, summed.closed) == (7, 5, 2)
+    assert summed.failed == {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 1}
+    assert summed.active_connections == 1
+    # Its replacement starts from zero.
+    total.update(103, stats(1, 1, {}, active=1))
+    assert (total.total().accepted, total.total().active_connections) == (8, 2)
