@@ -30,9 +30,10 @@ its threads, read from its CPU-time clock (clock_getcpuclockid(3): the utime + s
 as a cross-check) -- read just before and just after the workload, so that the clients'
 own work never counts. With two CPUs or more the server is pinned to one and the clients
 to the others. Each measurement gets a fresh server process, killed (by PID) when it is
-done. Measurements are interleaved -- each workload runs on every server in turn, and the
-whole sequence is repeated for several rounds -- and each figure is reported as the
-median over the rounds with its min-max spread, flagged "noisy" when max/min > 1.3.
+done. Measurements are interleaved -- each workload runs on every server in turn (the
+order turning by one server each round), and the whole sequence is repeated for several
+rounds -- and each figure is reported as the median over the rounds with its min-max
+spread, flagged "noisy" when max/min > 1.3.
 Every client and wait is bounded in time; all traffic stays on 127.0.0.1.
 
 Output, in --out (default bench/results/): YYYYmmdd-HHMMSS.json (everything, raw values
@@ -488,15 +489,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def rotated(items: Sequence[str], by: int) -> list[str]:
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
 def measure_all(
     env: Environment, servers: Sequence[str], workloads: Sequence[Workload]
 ) -> list[dict[str, Any]]:
-    """Every workload on every server, interleaved, for every round."""
+    """Every workload on every server, interleaved, for every round. The servers' order
+    turns by one each round (A B C, then B C A, ...): whoever runs first after another
+    workload does not always run first."""
     plan = [
         (round_, workload, name)
         for round_ in range(1, env.settings.rounds + 1)
         for workload in workloads
-        for name in servers
+        for name in rotated(servers, round_ - 1)
         if name not in workload.skip
     ]
     records: list[dict[str, Any]] = []

@@ -147,6 +147,7 @@ def main() -> None:
         cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
         issued.cert_chain_pems[0].write_to_path(cert)
         issued.private_key_pem.write_to_path(key)
+        key.chmod(0o600)  # as a deployment would (the command warns about others' access)
         total = args.rounds * len(runs)
         for round_number in range(args.rounds):
             for workers, results in runs.items():  # interleaved: 1 2 1 2 ...
