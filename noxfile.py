@@ -137,7 +137,15 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against other TLS servers (not run by default): ``nox -s bench -- --quick``."""
+    """Benchmarks against other TLS servers (not run by default): ``nox -s bench -- --quick``.
+
+    ``bench/run.py`` (CPU time, memory, latency under attack; the arguments go to it),
+    then ``bench/workers.py`` (1 vs 2 workers of the command) and
+    ``bench/instructions.py`` (instructions per connection, under valgrind).
+    """
     session.install("-e", ".[bench]")
-    ensure_debian_packages(session, "openssl")
+    ensure_debian_packages(session, "openssl", "valgrind")
+    quick = "--quick" in session.posargs
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/workers.py", *(["--quick"] if quick else []))
+    session.run("python", "bench/instructions.py", "--connections", "20" if quick else "100")
