@@ -9,8 +9,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -266,7 +267,11 @@ def plain_http(port: int) -> bytes:
         return response
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+NextMessage = Callable[[], Awaitable[list[str]]]
+
+
+def scrape(url: str) -> Samples:
     """The samples of a Prometheus endpoint, by name and labels."""
     from prometheus_client.parser import (  # noqa: PLC0415 - optional
         text_string_to_metric_families,
@@ -279,6 +284,35 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+async def scrape_until(url: str, done: Callable[[Samples], bool]) -> tuple[Samples, float]:
+    """Scrape ``url`` until ``done(samples)`` -- servers copy their counters every
+    second -- within :data:`PROCESS_DEADLINE`. Returns the samples and the wall-clock
+    time just before the scrape that gave them (for bounds on time-based gauges)."""
+    with trio.fail_after(PROCESS_DEADLINE):
+        while True:
+            before = time.time()
+            samples = await trio.to_thread.run_sync(scrape, url)
+            if done(samples):
+                return samples, before
+            await trio.sleep(0.1)  # another process's clock: polled, within bounds
+
+
+@asynccontextmanager
+async def notify_socket(directory: Path) -> AsyncGenerator[tuple[str, NextMessage]]:
+    """A systemd notification socket in ``directory``: its path (for ``NOTIFY_SOCKET``),
+    and a function returning the next message's fields (within PROCESS_DEADLINE)."""
+    notifications = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with notifications:
+        path = directory / "notify"
+        await notifications.bind(str(path))
+
+        async def next_message() -> list[str]:
+            with trio.fail_after(PROCESS_DEADLINE):
+                return (await notifications.recv(4096)).decode().split("\n")
+
+        yield str(path), next_message
 
 
 def pid_alive(pid: int) -> bool:

@@ -33,6 +33,7 @@ from clitools import (
     echo_line,
     echo_once,
     listening_socket,
+    notify_socket,
     plain_http,
     read_all,
     reap,
@@ -906,16 +907,8 @@ async def test_systemd_socket_activation(tmp_path: Path) -> None:
 
 
 async def test_sd_notify_ready_reloading_stopping(tmp_path: Path) -> None:
-    notifications = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with notifications:
-        path = tmp_path / "notify"
-        await notifications.bind(str(path))
-
-        async def next_message() -> list[str]:
-            with trio.fail_after(PROCESS_DEADLINE):
-                return (await notifications.recv(4096)).decode().split("\n")
-
-        env = {"NOTIFY_SOCKET": str(path)}
+    async with notify_socket(tmp_path) as (path, next_message):
+        env = {"NOTIFY_SOCKET": path}
         async with serve(["--dev-ca", str(tmp_path)], env=env) as server:
             ready = await next_message()
             assert ready[0] == "READY=1"

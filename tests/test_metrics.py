@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from clitools import PROCESS_DEADLINE, echo_once, plain_http, scrape, serve, trusting
+from clitools import echo_once, plain_http, scrape_until, serve, trusting
 from cryptography import x509
 
 from trio_accept import Reason, ServerStats
@@ -28,7 +28,11 @@ pytest.importorskip("prometheus_client")
 
 
 def stats(
-    accepted: int, completed: int, failed: Mapping[Reason, int], active: int = 0
+    accepted: int,
+    completed: int,
+    failed: Mapping[Reason, int],
+    active: int = 0,
+    broken: Mapping[Reason, int] | None = None,
 ) -> ServerStats:
     return ServerStats(
         accepted=accepted,
@@ -41,6 +45,7 @@ def stats(
         idle_closed=0,
         handler_errors=0,
         accept_errors=0,
+        broken=dict(broken or {}),
     )
 
 
@@ -57,7 +62,8 @@ def test_sync_adds_what_changed() -> None:
     metrics = Metrics()
     value = metrics.registry.get_sample_value
     metrics.sync(stats(3, 1, {Reason.TIMEOUT: 1}, active=1))
-    metrics.sync(stats(7, 3, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, active=2))
+    metrics.sync(stats(5, 2, {Reason.TIMEOUT: 1}, 1, {Reason.RESET: 1}))
+    metrics.sync(stats(7, 3, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, 2, {Reason.RESET: 1}))
     assert value("trio_accept_connections_accepted_total") == 7
     completed = {"result": "completed", "reason": ""}
     assert value("trio_accept_handshakes_total", completed) == 3
@@ -68,6 +74,7 @@ def test_sync_adds_what_changed() -> None:
     assert value("trio_accept_handshakes_in_flight") == 1
     assert value("trio_accept_connections_active") == 2
     assert value("trio_accept_connections_closed_total") == 1
+    assert value("trio_accept_connections_broken_total", {"reason": "reset"}) == 1
     metrics.observe_handshake(0.003)
     assert value("trio_accept_handshake_duration_seconds_count") == 1
     assert value("trio_accept_handshake_duration_seconds_bucket", {"le": "0.005"}) == 1
@@ -123,14 +130,9 @@ async def test_serve_metrics_in_one_process(tmp_path: Path) -> None:
         await trio.to_thread.run_sync(plain_http, server.port)
         completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
         plain = ("trio_accept_handshakes_total", (("reason", "plain-http"), ("result", "failed")))
-        # The server copies its counters every second: poll, within bounds.
-        with trio.fail_after(PROCESS_DEADLINE):
-            while True:
-                before = time.time()
-                samples = await trio.to_thread.run_sync(scrape, url)
-                if samples.get(completed) == 1 and samples.get(plain) == 1:
-                    break
-                await trio.sleep(0.1)
+        samples, before = await scrape_until(
+            url, lambda s: s.get(completed) == 1 and s.get(plain) == 1
+        )
         assert samples[("trio_accept_connections_accepted_total", ())] == 2
         assert samples[("trio_accept_handshake_duration_seconds_count", ())] == 1
         assert samples[("trio_accept_connections_active", ())] == 0

@@ -8,7 +8,13 @@ from trio_accept import Reason, ServerStats
 from trio_accept._stats import StatsSum, decode_stats, encode_stats, stats_line
 
 
-def stats(accepted: int, completed: int, failed: dict[Reason, int], active: int) -> ServerStats:
+def stats(
+    accepted: int,
+    completed: int,
+    failed: dict[Reason, int],
+    active: int,
+    broken: dict[Reason, int] | None = None,
+) -> ServerStats:
     return ServerStats(
         accepted=accepted,
         handshakes_in_flight=accepted - completed - sum(failed.values()),
@@ -20,12 +26,15 @@ def stats(accepted: int, completed: int, failed: dict[Reason, int], active: int)
         idle_closed=0,
         handler_errors=0,
         accept_errors=0,
+        broken=broken or {},
     )
 
 
 def test_a_report_survives_the_trip() -> None:
     report = stats(9, 5, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, active=3)
     assert decode_stats(encode_stats(report)) == report
+    broke = stats(9, 5, {}, active=1, broken={Reason.RESET: 2, Reason.EOF: 1})
+    assert decode_stats(encode_stats(broke)) == broke
 
 
 @pytest.mark.parametrize(
@@ -37,6 +46,7 @@ def test_a_report_survives_the_trip() -> None:
         encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":"1"'),
         encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":true'),
         encode_stats(stats(1, 0, {Reason.TIMEOUT: 1}, 0)).replace("timeout", "bored"),
+        encode_stats(stats(1, 1, {}, 0, {Reason.RESET: 1})).replace('"reset":1', '"reset":"1"'),
         encode_stats(stats(1, 1, {}, 0)).replace("{", '{"extra":1,', 1),
     ],
 )
@@ -49,12 +59,12 @@ def test_the_sum_keeps_the_counters_of_workers_gone() -> None:
     total = StatsSum()
     total.update(101, stats(4, 3, {Reason.TIMEOUT: 1}, active=2))
     total.update(102, stats(2, 1, {Reason.PLAIN_HTTP: 1}, active=1))
-    total.update(101, stats(5, 4, {Reason.TIMEOUT: 1}, active=2))  # the latest counts
+    total.update(101, stats(5, 4, {Reason.TIMEOUT: 1}, 2, {Reason.RESET: 1}))  # the latest
     assert total.reporting == 2
     assert stats_line(total.total(), label="stats of 2 workers") == (
         "stats of 2 workers: 7 accepted, 0 handshaking, 5 completed, "
-        "2 failed (timeout 1, plain-http 1), 3 active, 2 closed, 0 idle-closed, "
-        "0 handler errors, 0 accept errors"
+        "2 failed (timeout 1, plain-http 1), 3 active, 2 closed, 1 broken (reset 1), "
+        "0 idle-closed, 0 handler errors, 0 accept errors"
     )
     # Worker 101 dies with 2 connections open: its counters stay, its gauges go.
     total.retire(101)
@@ -63,6 +73,7 @@ def test_the_sum_keeps_the_counters_of_workers_gone() -> None:
     summed = total.total()
     assert (summed.accepted, summed.completed, summed.closed) == (7, 5, 2)
     assert summed.failed == {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 1}
+    assert summed.broken == {Reason.RESET: 1}
     assert summed.active_connections == 1
     # Its replacement starts from zero.
     total.update(103, stats(1, 1, {}, active=1))

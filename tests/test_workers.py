@@ -6,9 +6,7 @@ import datetime
 import os
 import re
 import signal
-import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +19,12 @@ from clitools import (
     connect,
     echo_line,
     listening_socket,
+    notify_socket,
     pid_alive,
     plain_http,
     read_all,
     scrape,
+    scrape_until,
     serve,
     socket_activated,
     trusting,
@@ -175,17 +175,9 @@ async def test_workers_serve_an_inherited_socket_whatever_the_file_says(
 
 
 async def test_sd_notify_speaks_for_every_worker(tmp_path: Path) -> None:
-    notifications = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with notifications:
-        path = tmp_path / "notify"
-        await notifications.bind(str(path))
-
-        async def next_message() -> list[str]:
-            with trio.fail_after(PROCESS_DEADLINE):
-                return (await notifications.recv(4096)).decode().split("\n")
-
+    async with notify_socket(tmp_path) as (path, next_message):
         arguments = ["--dev-ca", str(tmp_path), "--workers", "2"]
-        async with serve(arguments, env={"NOTIFY_SOCKET": str(path)}) as server:
+        async with serve(arguments, env={"NOTIFY_SOCKET": path}) as server:
             # Only the supervisor speaks to systemd, once both workers are ready (the
             # banner is printed at that moment too).
             assert await next_message() == ["READY=1", "STATUS=serving with 2 workers"]
@@ -289,14 +281,9 @@ async def test_metrics_sum_every_worker(tmp_path: Path) -> None:
 
         completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
         plain = ("trio_accept_handshakes_total", (("reason", "plain-http"), ("result", "failed")))
-        # The workers copy their counters every second: poll, within bounds.
-        with trio.fail_after(PROCESS_DEADLINE):
-            while True:
-                before = time.time()
-                samples = await trio.to_thread.run_sync(scrape, url)
-                if samples.get(completed) == connections and samples.get(plain) == 1:
-                    break
-                await trio.sleep(0.1)
+        samples, before = await scrape_until(
+            url, lambda s: s.get(completed) == connections and s.get(plain) == 1
+        )
         assert samples[("trio_accept_connections_accepted_total", ())] == connections + 1
         assert samples[("trio_accept_handshake_duration_seconds_count", ())] == connections
         assert samples[("trio_accept_connections_active", ())] == 0
@@ -427,11 +414,7 @@ async def test_workers_switch_user_and_still_write_metrics(tmp_path: Path) -> No
         assert seen == set(pids)
         url = server.banner_line("metrics:").split()[-1]
         completed = ("trio_accept_handshakes_total", (("reason", ""), ("result", "completed")))
-        with trio.fail_after(PROCESS_DEADLINE):
-            while True:  # the workers copy their counters every second
-                if (await trio.to_thread.run_sync(scrape, url)).get(completed) == connections:
-                    break
-                await trio.sleep(0.1)
+        await scrape_until(url, lambda samples: samples.get(completed) == connections)
         status_code, log = await server.stop()
     assert status_code == 0
     assert "workers switch to uid" in log

@@ -135,6 +135,11 @@ class Metrics:
         )
         self.accepted = counter("connections_accepted", "TCP connections accepted")
         self.closed = counter("connections_closed", "Established connections closed")
+        self.broken = counter(
+            "connections_broken",
+            "Established connections the peer broke (reset, EOF without close_notify, alert)",
+            "reason",
+        )
         self.idle_closed = counter(
             "connections_idle_closed", "Established connections closed for idling"
         )
@@ -203,6 +208,10 @@ class Metrics:
             new = count - (seen.failed.get(reason, 0) if seen else 0)
             if new:
                 self.handshakes.labels("failed", reason.value).inc(new)
+        for reason, count in stats.broken.items():
+            new = count - (seen.broken.get(reason, 0) if seen else 0)
+            if new:
+                self.broken.labels(reason.value).inc(new)
         self.active.set(stats.active_connections)
         self.in_flight.set(stats.handshakes_in_flight)
         self._seen = stats

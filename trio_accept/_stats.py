@@ -29,32 +29,42 @@ STATS_FIELD: Final = "X_TRIO_ACCEPT_STATS"
 #: a worker that is gone has none of them.
 GAUGES: Final = frozenset({"handshakes_in_flight", "silent", "active_connections"})
 
+#: The fields that count by :class:`~trio_accept.Reason` (``{reason: count}``).
+_BY_REASON: Final = ("failed", "broken")
 #: The other fields, all counts.
 _SCALARS: Final = tuple(
-    item.name for item in dataclasses.fields(ServerStats) if item.name != "failed"
+    item.name for item in dataclasses.fields(ServerStats) if item.name not in _BY_REASON
 )
 
 
 def stats_line(stats: ServerStats, *, label: str = "stats") -> str:
     """One readable line of a server's counters, ``label`` first."""
-    failed = sum(stats.failed.values())
-    reasons = ", ".join(
-        f"{reason.value} {count}"
-        for reason, count in sorted(stats.failed.items(), key=lambda item: -item[1])
-    )
+    # Of the connections closed, those the peer broke: only when there are some.
+    broken = f", {_by_reason(stats.broken, 'broken')}" if stats.broken else ""
     return (
         f"{label}: {stats.accepted} accepted, {stats.handshakes_in_flight} handshaking, "
-        f"{stats.completed} completed, {failed} failed{f' ({reasons})' if reasons else ''}, "
-        f"{stats.active_connections} active, {stats.closed} closed, "
+        f"{stats.completed} completed, {_by_reason(stats.failed, 'failed')}, "
+        f"{stats.active_connections} active, {stats.closed} closed{broken}, "
         f"{stats.idle_closed} idle-closed, {stats.handler_errors} handler errors, "
         f"{stats.accept_errors} accept errors"
     )
 
 
+def _by_reason(counts: dict[Reason, int], what: str) -> str:
+    """``3 failed (timeout 2, reset 1)``: the total, then the reasons, most first."""
+    reasons = ", ".join(
+        f"{reason.value} {count}"
+        for reason, count in sorted(counts.items(), key=lambda item: -item[1])
+    )
+    return f"{sum(counts.values())} {what}{f' ({reasons})' if reasons else ''}"
+
+
 def encode_stats(stats: ServerStats) -> str:
     """``stats`` as one line of JSON (reasons by their value), for :data:`STATS_FIELD`."""
     fields = dataclasses.asdict(stats)
-    fields["failed"] = {reason.value: count for reason, count in stats.failed.items()}
+    for name in _BY_REASON:
+        counts: dict[Reason, int] = getattr(stats, name)
+        fields[name] = {reason.value: count for reason, count in counts.items()}
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -67,11 +77,17 @@ def decode_stats(text: str) -> ServerStats:
     """
     try:
         fields: Any = json.loads(text)
-        failed = {Reason(reason): count for reason, count in fields.pop("failed").items()}
-        stats = ServerStats(**fields, failed=failed)
+        by_reason = {
+            name: {Reason(reason): count for reason, count in fields.pop(name).items()}
+            for name in _BY_REASON
+        }
+        stats = ServerStats(**fields, failed=by_reason["failed"], broken=by_reason["broken"])
     except (TypeError, KeyError, AttributeError, ValueError) as exc:  # JSON, Reason(...)
         raise ValueError(f"not a stats report: {exc}") from None
-    counts = [*failed.values(), *(getattr(stats, name) for name in _SCALARS)]
+    counts = [
+        *(count for counts in by_reason.values() for count in counts.values()),
+        *(getattr(stats, name) for name in _SCALARS),
+    ]
     if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
         raise ValueError("not a stats report: a count is not an integer")
     return stats
@@ -81,9 +97,10 @@ def _add(into: dict[str, Any], stats: ServerStats, *, gauges: bool) -> None:
     for name in _SCALARS:
         if gauges or name not in GAUGES:
             into[name] += getattr(stats, name)
-    failed: dict[Reason, int] = into["failed"]
-    for reason, count in stats.failed.items():
-        failed[reason] = failed.get(reason, 0) + count
+    for name in _BY_REASON:
+        total: dict[Reason, int] = into[name]
+        for reason, count in getattr(stats, name).items():
+            total[reason] = total.get(reason, 0) + count
 
 
 @final
@@ -99,7 +116,7 @@ class StatsSum:
 
     @staticmethod
     def _zero() -> dict[str, Any]:
-        return {**dict.fromkeys(_SCALARS, 0), "failed": {}}
+        return {**dict.fromkeys(_SCALARS, 0), **{name: {} for name in _BY_REASON}}
 
     def update(self, worker: int, stats: ServerStats) -> None:
         """Record a running worker's latest report."""
@@ -119,7 +136,8 @@ class StatsSum:
     def total(self) -> ServerStats:
         """Every worker's counters -- running or gone -- and the running ones' gauges."""
         total = self._zero()
-        total["failed"] = dict(self._retired["failed"])
+        for name in _BY_REASON:
+            total[name] = dict(self._retired[name])
         for name in _SCALARS:
             total[name] = self._retired[name]
         for stats in self._latest.values():
