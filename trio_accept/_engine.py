@@ -87,8 +87,6 @@ class ErrorKind(enum.Enum):
     ZERO_RETURN = "SSL_ERROR_ZERO_RETURN"
     """The peer sent close_notify: a controlled shutdown."""
 
-    __hash__ = object.__hash__  # see State
-
 
 class Reason(enum.StrEnum):
     """Why a handshake or connection ended: short, stable, machine-readable.
@@ -161,10 +159,6 @@ class State(enum.Enum):
     FAILED = "failed"
     """A fatal error ended the connection. Only :meth:`TLSEngine.data_to_send` remains."""
 
-    # Members hash by identity, as they compare. Enum's own __hash__ is Python code,
-    # and the state table is consulted on every stepping call (two enums a lookup).
-    __hash__ = object.__hash__
-
 
 class Operation(enum.Enum):
     """The stepping calls of :class:`TLSEngine`."""
@@ -173,8 +167,6 @@ class Operation(enum.Enum):
     READ = "read"
     WRITE = "write"
     SHUTDOWN = "shutdown"
-
-    __hash__ = object.__hash__  # see State
 
 
 _H, _E, _PC, _LC, _C, _F = (
