@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, final
 
 import pytest
 import trio
@@ -21,7 +21,7 @@ from trio.testing import (
 import trio_accept
 from trio_accept import ErrorKind, Reason
 from trio_accept._handshake import CLOSE_TIMEOUT
-from trio_accept._stream import _SendLock
+from trio_accept._stream import _SendLock, close_at_end
 
 # A safety net against check_two_way_stream hanging on a contract break (real clock);
 # it runs in well under a second when all is well.
@@ -516,3 +516,49 @@ async def test_send_lock_is_strict_fifo_and_survives_a_cancelled_waiter() -> Non
         lock.release()  # hands the lock to the longest waiter
     assert order == ["first", "second", "third"]
     lock.acquire_nowait()  # free again once the queue is empty
+
+
+# -- the listener's close -----------------------------------------------------------
+
+
+@final
+class StepCounter(trio.abc.Instrument):
+    """Counts the times a task yields to the scheduler (steps it ends)."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_close_at_end_says_goodbye_without_a_checkpoint_over_tcp(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, client = await tcp_pair(server_context, client_context)
+    steps = StepCounter(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await close_at_end(server)  # close_notify fits in the send buffer: no waiting
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.count == 0  # never gave the scheduler a turn (aclose() would have)
+    assert await client.receive_some() == b""  # it was a close_notify, not a bare EOF
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_all(b"x")
+    await client.aclose()
+
+
+async def test_close_at_end_when_cancelled_sends_no_goodbye(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, client = await tcp_pair(server_context, client_context)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await close_at_end(server)
+    assert scope.cancelled_caught
+    with pytest.raises(trio.BrokenResourceError):  # EOF without close_notify
+        await client.receive_some()
+    await trio.aclose_forcefully(client)

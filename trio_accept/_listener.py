@@ -58,7 +58,7 @@ from ._handshake import (
     PLAIN_HTTP_RESPONSE,
     Handshake,
 )
-from ._stream import TLSStream
+from ._stream import TLSStream, close_at_end
 
 logger = logging.getLogger("trio_accept")
 
@@ -597,7 +597,7 @@ class Server:
             self._established.discard(connection)
             self._closed += 1
             # Outside the handler's scope: a cancelled handler still gets close_notify.
-            await stream.aclose()
+            await close_at_end(stream)
 
     async def _sweep_idle(self, idle_timeout: float) -> None:
         """Close established connections that moved no bytes for ``idle_timeout``."""

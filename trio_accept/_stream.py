@@ -403,8 +403,13 @@ class TLSStream(trio.abc.Stream):
         sending ours. If another task is in the middle of sending, no close_notify can
         be slotted in; the transport is closed without it.
         """
+        await self._close(checkpoint=True)
+
+    async def _close(self, *, checkpoint: bool) -> None:
+        """:meth:`aclose`; without ``checkpoint``, see :func:`close_at_end`."""
         if self._status is _Status.CLOSED:
-            await trio.lowlevel.checkpoint()
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
             return
         clean = self._status is _Status.OPEN and self._engine.state in (
             State.ESTABLISHED,
@@ -412,15 +417,16 @@ class TLSStream(trio.abc.Stream):
         )
         self._status = _Status.CLOSED
         transport = self.transport_stream
-        if not clean:
+        if clean:
+            try:
+                await self._send_close_notify()
+            except BaseException:
+                await trio.aclose_forcefully(transport)
+                raise
+        if not checkpoint and isinstance(transport, trio.SocketStream):
+            transport.socket.close()  # SocketStream.aclose() is this, then a checkpoint
+        else:
             await transport.aclose()
-            return
-        try:
-            await self._send_close_notify()
-        except BaseException:
-            await trio.aclose_forcefully(transport)
-            raise
-        await transport.aclose()
 
     async def _send_close_notify(self) -> None:
         # Cancelled (a hard stop): no goodbye, only the close -- as if sending it had
@@ -446,3 +452,14 @@ class TLSStream(trio.abc.Stream):
             pass  # the peer is gone already, which is what we were telling it to do
         finally:
             self._send_lock.release()
+
+
+async def close_at_end(stream: TLSStream) -> None:
+    """:meth:`TLSStream.aclose` for a listener, as a connection's task ends.
+
+    The same goodbye (close_notify, bounded by ``close_timeout``, skipped when cancelled),
+    but a socket transport is closed without the final checkpoint: a trip through the
+    scheduler that the public method owes its caller, and that a task about to end only
+    pays for. It still waits when it must: for room to send close_notify.
+    """
+    await stream._close(checkpoint=False)
