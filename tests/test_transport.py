@@ -10,8 +10,15 @@ import trio
 import trio.testing
 from helpers import tcp_stream_pair
 
-from trio_accept._transport import SocketTransport, StreamTransport, transport_for
+from trio_accept._transport import (
+    SOCKETS_ARE_FDS,
+    SocketTransport,
+    StreamTransport,
+    transport_for,
+)
 
+#: The tests of the socket path (POSIX: elsewhere every stream goes through its methods).
+SOCKET_PATH = pytest.mark.skipif(not SOCKETS_ARE_FDS, reason="sockets are not fds here")
 #: More than a socket pair's buffers hold, so that sending it must wait for the reader.
 LARGE: int = 8 * 1024 * 1024
 
@@ -30,6 +37,7 @@ def test_transport_for_picks_the_socket_path_for_tcp_only() -> None:
     assert isinstance(transport_for(left), StreamTransport)
 
 
+@SOCKET_PATH
 async def test_receive_what_is_there_then_wait_then_eof() -> None:
     server, client = await tcp_stream_pair()
     async with server, client:
@@ -52,6 +60,7 @@ async def test_receive_what_is_there_then_wait_then_eof() -> None:
             assert (await transport.receive(100))[0] == b""
 
 
+@SOCKET_PATH
 async def test_send_all_waits_for_a_slow_reader_and_delivers_everything() -> None:
     server, client = await tcp_stream_pair()
     payload = bytes(range(256)) * (LARGE // 256)
@@ -71,6 +80,7 @@ async def test_send_all_waits_for_a_slow_reader_and_delivers_everything() -> Non
     assert received == [payload]
 
 
+@SOCKET_PATH
 async def test_reset_is_a_broken_resource_error() -> None:
     server, client = await tcp_stream_pair()
     async with server:
@@ -85,6 +95,7 @@ async def test_reset_is_a_broken_resource_error() -> None:
             await transport.send_all(b"x" * 100_000)
 
 
+@SOCKET_PATH
 async def test_closed_under_us_is_a_closed_resource_error() -> None:
     server, client = await tcp_stream_pair()
     async with client:

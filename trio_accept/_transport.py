@@ -12,7 +12,8 @@ directly -- non-blocking, as trio keeps it -- and waits with
 :func:`trio.lowlevel.wait_readable` / :func:`~trio.lowlevel.wait_writable`. That saves two
 scheduler trips per handshake and the wrapping on every record of bulk data (measured in
 ``docs/performance.rst``). Any other stream (memory streams in tests, a user's transport)
-goes through its own methods.
+goes through its own methods, and so does every stream on Windows, where a socket is not
+a file descriptor.
 
 Contract of both implementations:
 
@@ -124,8 +125,13 @@ class StreamTransport:
 Transport = SocketTransport | StreamTransport
 
 
+#: Whether a socket is a file descriptor that ``os.read``/``os.write`` accept: on POSIX
+#: systems; on Windows a socket is a handle, and streams go through their own methods.
+SOCKETS_ARE_FDS: Final = os.name == "posix"
+
+
 def transport_for(stream: trio.abc.Stream) -> Transport:
     """The fastest way to move bytes on ``stream``."""
-    if isinstance(stream, trio.SocketStream):
+    if SOCKETS_ARE_FDS and isinstance(stream, trio.SocketStream):
         return SocketTransport(stream)
     return StreamTransport(stream)
