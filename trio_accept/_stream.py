@@ -462,4 +462,4 @@ async def close_at_end(stream: TLSStream) -> None:
     scheduler that the public method owes its caller, and that a task about to end only
     pays for. It still waits when it must: for room to send close_notify.
     """
-    await stream._close(checkpoint=False)
+    await stream._close(checkpoint=False)  # pyright: ignore[reportPrivateUsage] - same module
