@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import ssl
 import subprocess
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 import trio_accept
-from trio_accept import ErrorKind, Reason
+from trio_accept import ErrorKind, Reason, ServerStats
 from trio_accept._handshake import CLOSE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -72,6 +72,29 @@ MALFORMED: Final = (
     # Not a byte: OpenSSL still queues an alert, which a half-closed client can read.
     Malformed("eof", b"", Reason.EOF, DECODE_ERROR_ALERT, ErrorKind.SYSCALL),
 )
+
+
+def server_stats(
+    accepted: int,
+    completed: int,
+    failed: Mapping[Reason, int],
+    active: int = 0,
+    broken: Mapping[Reason, int] | None = None,
+) -> ServerStats:
+    """A consistent :class:`ServerStats` from the few counts a test cares about."""
+    return ServerStats(
+        accepted=accepted,
+        handshakes_in_flight=accepted - completed - sum(failed.values()),
+        silent=0,
+        completed=completed,
+        failed=dict(failed),
+        active_connections=active,
+        closed=completed - active,
+        idle_closed=0,
+        handler_errors=0,
+        accept_errors=0,
+        broken=dict(broken or {}),
+    )
 
 
 async def tcp_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:

@@ -7,15 +7,15 @@ import datetime
 import socket
 import time
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import trio
 from clitools import echo_once, plain_http, scrape_until, serve, trusting
 from cryptography import x509
+from helpers import server_stats
 
-from trio_accept import Reason, ServerStats
+from trio_accept import Reason
 from trio_accept._metrics import (
     EXPIRY_SECONDS,
     ExpiryCollector,
@@ -25,28 +25,6 @@ from trio_accept._metrics import (
 )
 
 pytest.importorskip("prometheus_client")
-
-
-def stats(
-    accepted: int,
-    completed: int,
-    failed: Mapping[Reason, int],
-    active: int = 0,
-    broken: Mapping[Reason, int] | None = None,
-) -> ServerStats:
-    return ServerStats(
-        accepted=accepted,
-        handshakes_in_flight=accepted - completed - sum(failed.values()),
-        silent=0,
-        completed=completed,
-        failed=dict(failed),
-        active_connections=active,
-        closed=completed - active,
-        idle_closed=0,
-        handler_errors=0,
-        accept_errors=0,
-        broken=dict(broken or {}),
-    )
 
 
 def test_listen_address() -> None:
@@ -61,9 +39,11 @@ def test_listen_address() -> None:
 def test_sync_adds_what_changed() -> None:
     metrics = Metrics()
     value = metrics.registry.get_sample_value
-    metrics.sync(stats(3, 1, {Reason.TIMEOUT: 1}, active=1))
-    metrics.sync(stats(5, 2, {Reason.TIMEOUT: 1}, 1, {Reason.RESET: 1}))
-    metrics.sync(stats(7, 3, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, 2, {Reason.RESET: 1}))
+    metrics.sync(server_stats(3, 1, {Reason.TIMEOUT: 1}, active=1))
+    metrics.sync(server_stats(5, 2, {Reason.TIMEOUT: 1}, 1, {Reason.RESET: 1}))
+    metrics.sync(
+        server_stats(7, 3, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, 2, {Reason.RESET: 1})
+    )
     assert value("trio_accept_connections_accepted_total") == 7
     completed = {"result": "completed", "reason": ""}
     assert value("trio_accept_handshakes_total", completed) == 3
@@ -103,7 +83,7 @@ def test_seconds_until_expiry_are_computed_at_scrape_time() -> None:
 def test_the_endpoint_serves_and_closes() -> None:
     server = MetricsServer("127.0.0.1", 0)
     metrics = Metrics(server.registry)
-    metrics.sync(stats(1, 1, {}))
+    metrics.sync(server_stats(1, 1, {}))
     try:
         assert server.url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(server.url, timeout=10) as response:

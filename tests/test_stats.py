@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from helpers import server_stats
 
-from trio_accept import Reason, ServerStats
+from trio_accept import Reason
 from trio_accept._stats import StatsSum, decode_stats, encode_stats, stats_line
 
 
-def stats(
-    accepted: int,
-    completed: int,
-    failed: dict[Reason, int],
-    active: int,
-    broken: dict[Reason, int] | None = None,
-) -> ServerStats:
-    return ServerStats(
-        accepted=accepted,
-        handshakes_in_flight=accepted - completed - sum(failed.values()),
-        silent=0,
-        completed=completed,
-        failed=failed,
-        active_connections=active,
-        closed=completed - active,
-        idle_closed=0,
-        handler_errors=0,
-        accept_errors=0,
-        broken=broken or {},
-    )
-
-
 def test_a_report_survives_the_trip() -> None:
-    report = stats(9, 5, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, active=3)
+    report = server_stats(9, 5, {Reason.TIMEOUT: 1, Reason.PLAIN_HTTP: 2}, active=3)
     assert decode_stats(encode_stats(report)) == report
-    broke = stats(9, 5, {}, active=1, broken={Reason.RESET: 2, Reason.EOF: 1})
+    broke = server_stats(9, 5, {}, active=1, broken={Reason.RESET: 2, Reason.EOF: 1})
     assert decode_stats(encode_stats(broke)) == broke
 
 
@@ -43,11 +22,13 @@ def test_a_report_survives_the_trip() -> None:
         "",
         "[]",
         '{"failed": {}}',
-        encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":"1"'),
-        encode_stats(stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":true'),
-        encode_stats(stats(1, 0, {Reason.TIMEOUT: 1}, 0)).replace("timeout", "bored"),
-        encode_stats(stats(1, 1, {}, 0, {Reason.RESET: 1})).replace('"reset":1', '"reset":"1"'),
-        encode_stats(stats(1, 1, {}, 0)).replace("{", '{"extra":1,', 1),
+        encode_stats(server_stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":"1"'),
+        encode_stats(server_stats(1, 1, {}, 0)).replace('"accepted":1', '"accepted":true'),
+        encode_stats(server_stats(1, 0, {Reason.TIMEOUT: 1}, 0)).replace("timeout", "bored"),
+        encode_stats(server_stats(1, 1, {}, 0, {Reason.RESET: 1})).replace(
+            '"reset":1', '"reset":"1"'
+        ),
+        encode_stats(server_stats(1, 1, {}, 0)).replace("{", '{"extra":1,', 1),
     ],
 )
 def test_a_malformed_report_is_refused(text: str) -> None:
@@ -57,9 +38,9 @@ def test_a_malformed_report_is_refused(text: str) -> None:
 
 def test_the_sum_keeps_the_counters_of_workers_gone() -> None:
     total = StatsSum()
-    total.update(101, stats(4, 3, {Reason.TIMEOUT: 1}, active=2))
-    total.update(102, stats(2, 1, {Reason.PLAIN_HTTP: 1}, active=1))
-    total.update(101, stats(5, 4, {Reason.TIMEOUT: 1}, 2, {Reason.RESET: 1}))  # the latest
+    total.update(101, server_stats(4, 3, {Reason.TIMEOUT: 1}, active=2))
+    total.update(102, server_stats(2, 1, {Reason.PLAIN_HTTP: 1}, active=1))
+    total.update(101, server_stats(5, 4, {Reason.TIMEOUT: 1}, 2, {Reason.RESET: 1}))  # the latest
     assert total.reporting == 2
     assert stats_line(total.total(), label="stats of 2 workers") == (
         "stats of 2 workers: 7 accepted, 0 handshaking, 5 completed, "
@@ -76,5 +57,5 @@ def test_the_sum_keeps_the_counters_of_workers_gone() -> None:
     assert summed.broken == {Reason.RESET: 1}
     assert summed.active_connections == 1
     # Its replacement starts from zero.
-    total.update(103, stats(1, 1, {}, active=1))
+    total.update(103, server_stats(1, 1, {}, active=1))
     assert (total.total().accepted, total.total().active_connections) == (8, 2)

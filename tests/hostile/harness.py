@@ -34,7 +34,7 @@ import statistics
 import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
@@ -71,6 +71,8 @@ MAX_WELL_BEHAVED: Final = 2000 * SCALE
 
 #: The idle name of a trio worker thread (trio renames it while it runs a job): a thread
 #: trio keeps for reuse, which exits by itself after 10 s without work -- not a leak.
+#: A dripping client's pause between two bytes (its slowness; nobody waits for it).
+DRIP_INTERVAL: Final = 0.02
 _IDLE_TRIO_WORKER: Final = re.compile(r"Trio thread \d+")
 
 Handler = Callable[[TLSStream], Awaitable[object]]
@@ -544,6 +546,15 @@ class Hostile:
         assert stats.active_connections == 0
         assert not leaks, leaks
         return Outcome(row, stats, clients, target)
+
+
+async def drip(stream: trio.abc.SendStream, data: bytes) -> None:
+    """Send ``data`` one byte at a time, :data:`DRIP_INTERVAL` apart (a Slowloris client),
+    until all of it is sent or the server closes the connection."""
+    with suppress(trio.BrokenResourceError):
+        for byte in data:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(DRIP_INTERVAL)
 
 
 async def until_closed(stream: trio.abc.ReceiveStream) -> tuple[bytes, bool]:

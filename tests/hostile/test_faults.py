@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
@@ -25,6 +24,7 @@ from .harness import (
     Snapshot,
     Tally,
     Target,
+    drip,
     in_parallel,
     until_closed,
 )
@@ -327,10 +327,7 @@ async def shutdown_under_load(
     async def hostile(kind: str, port: int) -> None:
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             if kind == "drip":
-                with suppress(trio.BrokenResourceError):  # until the server closes it
-                    for byte in hello:
-                        await stream.send_all(bytes([byte]))
-                        await trio.sleep(0.02)
+                await drip(stream, hello)  # until the server closes it
             elif kind == "truncated":
                 await stream.send_all(hello[:100])
             elif kind in {"stop-reading", "flood"}:

@@ -24,13 +24,11 @@ import trio
 from trio_accept import encode_proxy_v1, encode_proxy_v2
 from trio_accept._proxy import MAX_HEADER_SIZE, PP2_TYPE_NOOP, V1_MAX_LENGTH, V2_SIGNATURE
 
-from .harness import SCALE, Case, Hostile, Limits, Target, in_parallel, until_closed
+from .harness import SCALE, Case, Hostile, Limits, Target, drip, in_parallel, until_closed
 from .tls import client_hello
 
 #: Hostile connections open at once.
 CONCURRENCY: Final = 16
-#: A dripping client's pause between two bytes (its slowness; nobody waits for it).
-DRIP_INTERVAL: Final = 0.02
 
 _SOURCE: Final = ("192.0.2.7", 56324)
 _DESTINATION: Final = ("192.0.2.1", 443)
@@ -145,16 +143,7 @@ async def test_proxy_header_dripped_and_stalled(hostile: Hostile) -> None:
             async with await target.connect() as stream, trio.open_nursery() as nursery:
                 encode = encode_proxy_v2 if index % 2 else encode_proxy_v1
                 header = encode(stream.socket.getsockname(), stream.socket.getpeername())
-
-                async def drip() -> None:
-                    for byte in header[:-1]:
-                        try:
-                            await stream.send_all(bytes([byte]))
-                        except trio.BrokenResourceError:
-                            return
-                        await trio.sleep(DRIP_INTERVAL)
-
-                nursery.start_soon(drip)
+                nursery.start_soon(drip, stream, header[:-1])
                 answer, _ = await until_closed(stream)
                 assert answer == b""
                 nursery.cancel_scope.cancel()

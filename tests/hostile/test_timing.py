@@ -18,11 +18,8 @@ import trio
 
 from trio_accept import Reason
 
-from .harness import SCALE, Case, Hostile, Limits, Target, in_parallel, until_closed
+from .harness import SCALE, Case, Hostile, Limits, Target, drip, in_parallel, until_closed
 from .tls import SansIOClient, client_hello
-
-#: A dripping client's pause between two bytes (its slowness; nobody waits for it).
-DRIP_INTERVAL: Final = 0.02
 
 
 async def test_slowloris_silent(hostile: Hostile) -> None:
@@ -52,16 +49,7 @@ async def test_slowloris_drip(hostile: Hostile, client_context: ssl.SSLContext) 
     async def attack(target: Target) -> None:
         async def one(_: int) -> None:
             async with await target.connect() as stream, trio.open_nursery() as nursery:
-
-                async def drip() -> None:
-                    for byte in hello:
-                        try:
-                            await stream.send_all(bytes([byte]))
-                        except trio.BrokenResourceError:
-                            return
-                        await trio.sleep(DRIP_INTERVAL)
-
-                nursery.start_soon(drip)
+                nursery.start_soon(drip, stream, hello)
                 await until_closed(stream)
                 nursery.cancel_scope.cancel()
 
